@@ -1,0 +1,313 @@
+"""PSFEx-like PSF determiner: pixel basis on a sub-sampled grid times a spatial polynomial.
+
+The model at detector position ``(x, y)`` is ``sum_k P_k(x, y) B_k`` where the ``B_k`` are images on a
+grid of step ``sampling`` image pixels and the ``P_k`` are the PSFEx polynomial terms
+``1, x, x^2, y, xy, y^2`` (for order 2) of ``((x - polzero_x) / polscal_x, (y - polzero_y) / polscal_y)``.
+
+Fitting (one linear least-squares problem per basis pixel, solved for all pixels at once):
+
+1. every star stamp is Lanczos-resampled onto the model grid centred on the star's centroid (this
+   removes the sub-pixel shift), normalised by the star's flux;
+2. each grid pixel is fitted by a weighted polynomial in (x, y) across the stars; weights are
+   ``1 / (sigma^2 / flux^2 + (tolerance * model)^2)`` (PSFEx's PSF_ACCURACY); bad pixels
+   (``badMaskBits``) get zero weight;
+3. the fluxes are re-estimated as the linear amplitude of the model, pixels deviating by more than
+   ``spatialReject`` sigma are dropped, stars whose chi^2 is an outlier are rejected, and the fit
+   is repeated.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from calexpress.config import Config, Field, ListField
+
+from .moments import adaptive_moments
+from .resample import lanczos_matrix, resample_stamp
+
+__all__ = ["PsfexModel", "PsfexPsfDeterminerConfig", "PsfexPsfDeterminerTask", "fit_pixel_psf",
+           "poly_terms"]
+
+_log = logging.getLogger("calexpress.charImage.measurePsf.psfDeterminer")
+
+
+class PsfexPsfDeterminerConfig(Config):
+    """Configuration of the PSFEx-like determiner (names after ``meas_extensions_psfex``)."""
+
+    spatialOrder = Field(dtype=int, default=2, doc="Spatial polynomial order (PSFVAR_DEGREES)")
+    sizeCellX = Field(dtype=int, default=256, doc="Kept for LSST compatibility (unused)")
+    sizeCellY = Field(dtype=int, default=256, doc="Kept for LSST compatibility (unused)")
+    samplingSize = Field(dtype=float, default=0.5,
+                         doc="Model sampling step in image pixels (PSF_SAMPLING); 0.5..1")
+    psfexBasis = Field(dtype=str, default="PIXEL_AUTO",
+                       doc="PIXEL_AUTO: use samplingSize only if FWHM < 3 px, else 1; PIXEL: always use it")
+    badMaskBits = ListField(dtype=str, default=["INTRP", "SAT"], doc="Mask planes giving zero weight")
+    tolerance = Field(dtype=float, default=1e-2, doc="Relative model accuracy (PSF_ACCURACY)")
+    lam = Field(dtype=float, default=0.05, doc="Kept for LSST compatibility (unused)")
+    reducedChi2ForPsfCandidates = Field(dtype=float, default=2.0,
+                                        doc="Reject stars whose reduced chi^2 exceeds this times the median")
+    spatialReject = Field(dtype=float, default=3.0, doc="Clipping threshold (sigma) for pixels and stars")
+    recentroid = Field(dtype=bool, default=False, doc="Kept for LSST compatibility (unused)")
+    kernelSize = Field(dtype=int, default=81,
+                       doc="Model size in sampled pixels if >= 15 (stamp = int(kernelSize * samplingSize) "
+                           "image pixels, made odd), else in units of sqrt(median quadrupole)")
+    kernelSizeMin = Field(dtype=int, default=25, doc="Minimum stamp size when kernelSize < 15")
+    kernelSizeMax = Field(dtype=int, default=45, doc="Maximum stamp size when kernelSize < 15")
+    nIterForPsf = Field(dtype=int, default=3, doc="Fit / reject iterations")
+    lanczosOrder = Field(dtype=int, default=3, doc="Lanczos order used to resample stamps and the model")
+    minStars = Field(dtype=int, default=3, doc="Fewest stars needed for a fit")
+
+
+def poly_terms(u: np.ndarray, v: np.ndarray, order: int) -> np.ndarray:
+    """PSFEx polynomial terms ``x^i y^j`` (``j`` outer, ``i`` inner, ``i + j <= order``).
+
+    Returns an array of shape ``(nterm, len(u))``.
+    """
+    u = np.atleast_1d(np.asarray(u, dtype=float))
+    v = np.atleast_1d(np.asarray(v, dtype=float))
+    terms = []
+    for j in range(order + 1):
+        for i in range(order + 1 - j):
+            terms.append(u**i * v**j)
+    return np.array(terms)
+
+
+@dataclass
+class PsfexModel:
+    """A fitted PSFEx-like model (evaluation for the determiner's own use and for tests).
+
+    ``basis`` has shape ``(nterm, n, n)``; ``polzero`` is 0-based.
+    """
+
+    basis: np.ndarray
+    sampling: float
+    poldeg: int
+    polzero: tuple[float, float]
+    polscal: tuple[float, float]
+    size: int
+    lanczos_order: int = 3
+    avg_position: tuple[float, float] = (0.0, 0.0)
+
+    def model_grid(self, x: float, y: float) -> np.ndarray:
+        """The model on its sampled grid at ``(x, y)``."""
+        p = poly_terms((x - self.polzero[0]) / self.polscal[0], (y - self.polzero[1]) / self.polscal[1],
+                       self.poldeg)[:, 0]
+        return np.tensordot(p, self.basis, axes=1)
+
+    def compute_image(self, x: float, y: float) -> np.ndarray:
+        """Unit-sum image of odd size ``size`` centred on pixel ``(round(x), round(y))``, shifted."""
+        dx = x - np.floor(x + 0.5)
+        dy = y - np.floor(y + 0.5)
+        return self._draw(x, y, dx, dy)
+
+    def compute_kernel_image(self, x: float, y: float) -> np.ndarray:
+        """Unit-sum image centred on the central pixel."""
+        return self._draw(x, y, 0.0, 0.0)
+
+    def _draw(self, x: float, y: float, dx: float, dy: float) -> np.ndarray:
+        grid = self.model_grid(x, y)
+        n = grid.shape[0]
+        c = n // 2
+        half = self.size // 2
+        offs = np.arange(self.size) - half
+        wx = lanczos_matrix((offs - dx) / self.sampling + c, n, self.lanczos_order)
+        wy = lanczos_matrix((offs - dy) / self.sampling + c, n, self.lanczos_order)
+        img = wy @ grid @ wx.T
+        s = img.sum()
+        return img / s if s != 0 else img
+
+    def compute_shape(self, x: float, y: float) -> tuple[float, float, float]:
+        """Adaptive moments ``(Ixx, Iyy, Ixy)`` of the kernel image."""
+        _, _, ixx, iyy, ixy = adaptive_moments(self.compute_kernel_image(x, y))
+        return ixx, iyy, ixy
+
+    def determinant_radius(self, x: float | None = None, y: float | None = None) -> float:
+        """``(Ixx Iyy - Ixy^2)^(1/4)`` at ``(x, y)`` (default: the average position)."""
+        if x is None or y is None:
+            x, y = self.avg_position
+        ixx, iyy, ixy = self.compute_shape(x, y)
+        return float((ixx * iyy - ixy * ixy) ** 0.25)
+
+    def average_position(self) -> tuple[float, float]:
+        """Mean position of the stars used."""
+        return self.avg_position
+
+    def to_psf(self):
+        """Convert to the persistable ``calexpress.psf.PixelPsf``."""
+        from calexpress.psf import PixelPsf
+
+        return PixelPsf(self.basis.astype(np.float32), self.sampling, self.poldeg, self.polzero,
+                        self.polscal, self.size)
+
+
+@dataclass
+class PsfFitResult:
+    """Result of `fit_pixel_psf`."""
+
+    model: PsfexModel
+    used: np.ndarray          # bool per input star: kept in the final fit
+    chi2: np.ndarray          # reduced chi^2 per star (nan if not fitted)
+    flux: np.ndarray          # fitted flux per star
+
+
+def _stamp_size(config: PsfexPsfDeterminerConfig, sampling: float, sigma: float) -> int:
+    if config.kernelSize >= 15:
+        size = int(config.kernelSize * config.samplingSize)
+    else:
+        size = int(config.kernelSize * sigma)
+        size = min(max(size, config.kernelSizeMin), config.kernelSizeMax)
+    return size | 1
+
+
+def fit_pixel_psf(image: np.ndarray, variance: np.ndarray, bad: np.ndarray, xs: np.ndarray,
+                  ys: np.ndarray, fluxes: np.ndarray | None, config: PsfexPsfDeterminerConfig,
+                  fwhm_guess: float, bbox_shape: tuple[int, int] | None = None) -> PsfFitResult:
+    """Fit a spatially varying pixel-basis PSF to stars.
+
+    Parameters
+    ----------
+    image, variance : `numpy.ndarray`
+        Background-subtracted image and its variance.
+    bad : `numpy.ndarray`
+        Boolean array, True for pixels that must not be used.
+    xs, ys : `numpy.ndarray`
+        Star centroids (0-based pixels).
+    fluxes : `numpy.ndarray` or `None`
+        Starting normalisation of each star (e.g. a 9-px aperture flux); default: stamp sum.
+    config : `PsfexPsfDeterminerConfig`
+    fwhm_guess : `float`
+        FWHM estimate in pixels (chooses the sampling under PIXEL_AUTO).
+    bbox_shape : `tuple`, optional
+        ``(height, width)`` of the detector, for the polynomial scaling (default: image shape).
+
+    Raises
+    ------
+    RuntimeError
+        If fewer than ``config.minStars`` usable stars remain.
+    """
+    xs = np.asarray(xs, dtype=float)
+    ys = np.asarray(ys, dtype=float)
+    nstar_in = len(xs)
+    sampling = config.samplingSize
+    if config.psfexBasis == "PIXEL_AUTO" and fwhm_guess >= 3.0:
+        sampling = 1.0
+    sigma = fwhm_guess / 2.3548
+    size = _stamp_size(config, sampling, sigma)
+    nmod = int(np.ceil(size / sampling)) | 1
+    order = config.lanczosOrder
+    badf = bad.astype(np.float32)
+
+    # 1. resample every star onto the model grid
+    data, wts, keep_idx = [], [], []
+    for i in range(nstar_in):
+        res = resample_stamp(image, xs[i], ys[i], nmod, sampling, order)
+        if res is None:
+            continue
+        stamp, sl, wy, wx = res
+        var = np.abs(wy) @ variance[sl] @ np.abs(wx).T
+        contaminated = (np.abs(wy) @ badf[sl] @ np.abs(wx).T) > 0
+        w = np.where(contaminated | ~(var > 0), 0.0, 1.0 / np.where(var > 0, var, 1.0))
+        if not np.all(np.isfinite(stamp[w > 0])):
+            continue
+        data.append(stamp)
+        wts.append(w)
+        keep_idx.append(i)
+    keep_idx = np.array(keep_idx, dtype=int)
+    if len(keep_idx) < config.minStars:
+        raise RuntimeError(f"only {len(keep_idx)} usable PSF stars (need {config.minStars})")
+    d = np.array(data).reshape(len(keep_idx), -1)
+    ivar = np.array(wts).reshape(len(keep_idx), -1)
+    npix = d.shape[1]
+
+    # initial normalisation: flux within the stamp (or the given one)
+    step2 = sampling * sampling
+    if fluxes is not None:
+        f = np.asarray(fluxes, dtype=float)[keep_idx].copy()
+        bad_f = ~(np.isfinite(f) & (f > 0))
+        f[bad_f] = d[bad_f].sum(axis=1) * step2
+    else:
+        f = d.sum(axis=1) * step2
+    ok = np.isfinite(f) & (f > 0)
+
+    height, width = bbox_shape if bbox_shape is not None else image.shape
+    sx, sy = xs[keep_idx], ys[keep_idx]
+    polzero = (0.5 * (sx.min() + sx.max()), 0.5 * (sy.min() + sy.max()))
+    polscal = (max(sx.max() - sx.min(), 1.0), max(sy.max() - sy.min(), 1.0))
+    poldeg = config.spatialOrder
+    nterm = (poldeg + 1) * (poldeg + 2) // 2
+    if ok.sum() < 3 * nterm:
+        poldeg = 1 if ok.sum() >= 6 else 0
+        nterm = (poldeg + 1) * (poldeg + 2) // 2
+    A = poly_terms((sx - polzero[0]) / polscal[0], (sy - polzero[1]) / polscal[1], poldeg).T  # (ns, nt)
+
+    pixmask = np.ones_like(d, dtype=bool)
+    model = None
+    chi2 = np.full(len(keep_idx), np.nan)
+    for it in range(max(config.nIterForPsf, 1) + 1):
+        fn = f[:, None]
+        r = d / fn
+        if model is None:
+            w = ivar * fn * fn
+        else:
+            w = 1.0 / (1.0 / np.where(ivar > 0, ivar * fn * fn, 1e-300)
+                       + (config.tolerance * np.maximum(model, 0)) ** 2)
+            w[ivar == 0] = 0.0
+        w = w * pixmask * ok[:, None]
+        # normal equations per pixel: (A^T W A) c = A^T W r
+        M = np.einsum("sp,si,sj->pij", w, A, A, optimize=True)
+        b = np.einsum("sp,si->pi", w * r, A, optimize=True)
+        M += np.eye(nterm)[None] * 1e-12 * np.maximum(np.trace(M, axis1=1, axis2=2), 1e-30)[:, None, None]
+        coef = np.linalg.solve(M, b[..., None])[..., 0]        # (npix, nterm)
+        model = A @ coef.T                                      # (ns, npix), normalised-flux units
+        # re-estimate fluxes as the model amplitude
+        wv = ivar * pixmask
+        num = (wv * model * d).sum(axis=1)
+        den = (wv * model * model).sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            fnew = num / den
+        good_f = np.isfinite(fnew) & (fnew > 0)
+        f = np.where(good_f, fnew, f)
+        ok &= good_f
+        if it == config.nIterForPsf:
+            break
+        # pixel clipping and star rejection
+        resid = (d - f[:, None] * model)
+        sig = np.sqrt(1.0 / np.where(ivar > 0, ivar, np.inf)
+                      + (config.tolerance * f[:, None] * np.maximum(model, 0)) ** 2)
+        z = np.where(ivar > 0, resid / sig, 0.0)
+        pixmask = np.abs(z) < config.spatialReject * 1.5
+        nuse = np.maximum((pixmask & (ivar > 0)).sum(axis=1), 1)
+        chi2 = (z * z * pixmask).sum(axis=1) / nuse
+        med = np.median(chi2[ok])
+        mad = 1.4826 * np.median(np.abs(chi2[ok] - med))
+        lim = max(med + config.spatialReject * mad, config.reducedChi2ForPsfCandidates * med)
+        # too many clipped pixels also means a bad star (blend, CR, ...)
+        frac_clip = 1.0 - nuse / np.maximum((ivar > 0).sum(axis=1), 1)
+        ok &= (chi2 < lim) & (frac_clip < 0.1)
+        if ok.sum() < config.minStars:
+            raise RuntimeError(f"only {ok.sum()} PSF stars left after rejection")
+
+    basis = coef.T.reshape(nterm, nmod, nmod)
+    # normalise so that the constant term integrates to one (in image pixels)
+    norm = basis[0].sum() * step2
+    if norm > 0:
+        basis = basis / norm
+    used = np.zeros(nstar_in, dtype=bool)
+    used[keep_idx[ok]] = True
+    chi2_all = np.full(nstar_in, np.nan)
+    chi2_all[keep_idx] = chi2
+    flux_all = np.full(nstar_in, np.nan)
+    flux_all[keep_idx] = f
+    avg = (float(np.mean(sx[ok])), float(np.mean(sy[ok])))
+    mdl = PsfexModel(basis=basis, sampling=sampling, poldeg=poldeg, polzero=polzero, polscal=polscal,
+                     size=size, lanczos_order=order, avg_position=avg)
+    return PsfFitResult(model=mdl, used=used, chi2=chi2_all, flux=flux_all)
+
+
+class PsfexPsfDeterminerTask:
+    """Placeholder name kept for LSST parity; the task logic lives in `measure_psf`."""
+
+    ConfigClass = PsfexPsfDeterminerConfig

@@ -1,0 +1,309 @@
+"""Footprints: connected groups of detected pixels and their peaks.
+
+A `FootprintSet` is the compact representation shared by detection, measurement and the
+deblender.  It holds
+
+* ``labels`` -- an int32 image of the exposure's shape; pixel value ``k > 0`` means "belongs to
+  footprint ``k - 1``", 0 means "in no footprint".  Footprints never overlap.
+* ``bboxes`` -- an ``(n, 4)`` int array ``x0, y0, x1, y1`` (0-based, exclusive upper bounds);
+  `FootprintSet.bbox` returns a `calexpress.geom.Box`.
+* ``npix`` -- the pixel count of each footprint.
+* peaks, as flat arrays sorted by footprint and, within a footprint, by descending value:
+  ``peak_x``, ``peak_y`` (int pixel positions), ``peak_value`` (value of the smoothed detection
+  image), ``peak_significance`` (that value in units of the smoothed-image noise) and
+  ``peak_footprint`` (footprint index).  ``peak_start[i]:peak_start[i + 1]`` are footprint
+  ``i``'s peaks, the first one being the brightest (LSST's ``footprint.getPeaks()[0]``).
+
+Footprint ``i`` (0-based) is the set ``labels == i + 1``.  `FootprintSet.mask(i)` gives its
+boolean pixel mask in its bbox; `FootprintSet.grow` dilates every footprint (merging those that
+touch, LSST's ``combinedGrow``); `FootprintSet.merge` combines two sets (union of pixels, peaks
+of both).
+
+Deblended children overlap their parent and each other, so they cannot live in the label image;
+a child is a `HeavyFootprint` (bbox, boolean mask and the child's share of the pixel values),
+which `calexpress.measurement` inserts in place of the parent's pixels while it measures the
+child.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numba
+import numpy as np
+from scipy import ndimage
+
+from .geom import Box
+
+__all__ = ["FootprintSet", "HeavyFootprint", "grow_stencil"]
+
+
+@dataclass
+class HeavyFootprint:
+    """A footprint with its own pixel values (a deblended child).
+
+    Attributes
+    ----------
+    bbox : `Box`
+        Bounding box in the exposure.
+    mask : `numpy.ndarray`
+        bool ``(bbox.height, bbox.width)``: pixels that belong to the footprint.
+    image : `numpy.ndarray`
+        float32, same shape: the child's pixel values (0 outside ``mask``).
+    """
+
+    bbox: Box
+    mask: np.ndarray
+    image: np.ndarray
+
+
+def grow_stencil(n: int, isotropic: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Offsets ``(dy, dx)`` of the structuring element used to grow footprints by ``n`` pixels.
+
+    ``isotropic`` gives a disc of radius ``n``; otherwise the Manhattan (diamond) stencil
+    ``|dx| + |dy| <= n`` that afw's non-isotropic grow uses.
+    """
+    r = np.arange(-n, n + 1)
+    dy, dx = np.meshgrid(r, r, indexing="ij")
+    keep = (dx * dx + dy * dy <= n * n) if isotropic else (np.abs(dx) + np.abs(dy) <= n)
+    return dy[keep].astype(np.int64), dx[keep].astype(np.int64)
+
+
+@numba.njit(cache=True, nogil=True)
+def _paint_grow(src: np.ndarray, out: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> None:
+    ny, nx = src.shape
+    for y in range(ny):
+        for x in range(nx):
+            if not src[y, x]:
+                continue
+            out[y, x] = True
+            # only boundary pixels need to paint the stencil
+            interior = (
+                y > 0 and y < ny - 1 and x > 0 and x < nx - 1
+                and src[y - 1, x] and src[y + 1, x] and src[y, x - 1] and src[y, x + 1]
+            )
+            if interior:
+                continue
+            for k in range(dy.size):
+                yy = y + dy[k]
+                xx = x + dx[k]
+                if 0 <= yy < ny and 0 <= xx < nx:
+                    out[yy, xx] = True
+
+
+@numba.njit(cache=True, nogil=True)
+def _find_peaks(values: np.ndarray, labels: np.ndarray, lo: int, hi: int):
+    """Local maxima (no strictly larger 8-neighbour) of ``values`` inside labelled pixels.
+
+    Pixels within 1 of the image border are skipped (afw's 1-pixel margin).  Only rows
+    ``lo <= y < hi`` are scanned.
+    """
+    ny, nx = values.shape
+    cap = 1024
+    xs = np.empty(cap, np.int64)
+    ys = np.empty(cap, np.int64)
+    n = 0
+    for y in range(max(lo, 1), min(hi, ny - 1)):
+        for x in range(1, nx - 1):
+            if labels[y, x] == 0:
+                continue
+            v = values[y, x]
+            ok = True
+            for dyy in range(-1, 2):
+                for dxx in range(-1, 2):
+                    if values[y + dyy, x + dxx] > v:
+                        ok = False
+            if ok:
+                if n == cap:
+                    cap *= 2
+                    xs2 = np.empty(cap, np.int64)
+                    ys2 = np.empty(cap, np.int64)
+                    xs2[:n] = xs[:n]
+                    ys2[:n] = ys[:n]
+                    xs = xs2
+                    ys = ys2
+                xs[n] = x
+                ys[n] = y
+                n += 1
+    return xs[:n], ys[:n]
+
+
+@dataclass
+class FootprintSet:
+    """Non-overlapping footprints of one image and their peaks (see the module docstring)."""
+
+    labels: np.ndarray
+    bboxes: np.ndarray
+    npix: np.ndarray
+    peak_footprint: np.ndarray
+    peak_x: np.ndarray
+    peak_y: np.ndarray
+    peak_value: np.ndarray
+    peak_significance: np.ndarray
+    peak_start: np.ndarray = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.peak_start is None:
+            counts = np.bincount(self.peak_footprint, minlength=len(self))
+            self.peak_start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def empty(cls, shape: tuple[int, int]) -> FootprintSet:
+        """A set with no footprints for an image of ``shape``."""
+        z = np.zeros(0, np.int64)
+        return cls(np.zeros(shape, np.int32), np.zeros((0, 4), np.int64), z, z.copy(), z.copy(), z.copy(),
+                   np.zeros(0, np.float64), np.zeros(0, np.float64))
+
+    @classmethod
+    def from_labels(
+        cls,
+        labels: np.ndarray,
+        peak_image: np.ndarray,
+        noise: float = 1.0,
+        peaks: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> FootprintSet:
+        """Build a set from a label image (consecutive labels ``1..n``).
+
+        Parameters
+        ----------
+        labels : `numpy.ndarray`
+            int image, 0 = no footprint.
+        peak_image : `numpy.ndarray`
+            Image whose values the peaks carry (the smoothed detection image).
+        noise : `float`
+            Noise of ``peak_image``; ``peak_significance = value / noise``.
+        peaks : (x, y) arrays, optional
+            Peak positions to use; by default the local maxima of ``peak_image`` in the footprints.
+            Peaks falling outside every footprint are dropped.
+        """
+        labels = np.ascontiguousarray(labels, dtype=np.int32)
+        n = int(labels.max()) if labels.size else 0
+        objs = ndimage.find_objects(labels, max_label=n)
+        bboxes = np.zeros((n, 4), np.int64)
+        for i, sl in enumerate(objs):
+            if sl is not None:
+                bboxes[i] = (sl[1].start, sl[0].start, sl[1].stop, sl[0].stop)
+        npix = np.bincount(labels.ravel(), minlength=n + 1)[1:].astype(np.int64)
+        if peaks is None:
+            px, py = _find_peaks(peak_image, labels, 0, labels.shape[0])
+        else:
+            px, py = (np.asarray(p, np.int64) for p in peaks)
+        fp = labels[py, px].astype(np.int64) - 1
+        keep = fp >= 0
+        px, py, fp = px[keep], py[keep], fp[keep]
+        # footprints with no local maximum (e.g. plateau at the border) get their brightest pixel
+        has = np.zeros(n, bool)
+        has[fp] = True
+        if not has.all():
+            missing = np.flatnonzero(~has) + 1
+            pos = ndimage.maximum_position(peak_image, labels, missing)
+            mx = np.array([p[1] for p in pos], np.int64)
+            my = np.array([p[0] for p in pos], np.int64)
+            px, py, fp = np.concatenate([px, mx]), np.concatenate([py, my]), np.concatenate([fp, missing - 1])
+        val = peak_image[py, px].astype(np.float64)
+        order = np.lexsort((-val, fp))
+        px, py, fp, val = px[order], py[order], fp[order], val[order]
+        return cls(labels, bboxes, npix, fp, px, py, val, val / noise)
+
+    # ------------------------------------------------------------------ access
+    def __len__(self) -> int:
+        return int(self.bboxes.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Shape of the image the footprints belong to."""
+        return self.labels.shape  # type: ignore[return-value]
+
+    def bbox(self, i: int) -> Box:
+        """Bounding box of footprint ``i``."""
+        x0, y0, x1, y1 = (int(v) for v in self.bboxes[i])
+        return Box(x0, y0, x1 - x0, y1 - y0)
+
+    def mask(self, i: int) -> np.ndarray:
+        """Boolean pixel mask of footprint ``i`` in its bbox."""
+        return self.labels[self.bbox(i).slices] == i + 1
+
+    def peaks(self, i: int) -> np.ndarray:
+        """Peaks of footprint ``i`` as a structured array (x, y, value, significance), brightest first."""
+        s = slice(self.peak_start[i], self.peak_start[i + 1])
+        out = np.zeros(s.stop - s.start, dtype=[("x", "i8"), ("y", "i8"), ("value", "f8"),
+                                                 ("significance", "f8")])
+        out["x"], out["y"] = self.peak_x[s], self.peak_y[s]
+        out["value"], out["significance"] = self.peak_value[s], self.peak_significance[s]
+        return out
+
+    @property
+    def n_peaks(self) -> np.ndarray:
+        """Number of peaks in each footprint."""
+        return np.diff(self.peak_start)
+
+    @property
+    def first_peak(self) -> np.ndarray:
+        """Index (into the peak arrays) of each footprint's brightest peak."""
+        return self.peak_start[:-1]
+
+    def any_mask(self) -> np.ndarray:
+        """Boolean image: pixel in some footprint."""
+        return self.labels > 0
+
+    # ------------------------------------------------------------------ operations
+    def _rebuild(self, mask: np.ndarray, peak_keep: np.ndarray | None = None) -> FootprintSet:
+        """Relabel ``mask`` (8-connected) and re-attach the current peaks."""
+        labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
+        labels = labels.astype(np.int32, copy=False)
+        sel = slice(None) if peak_keep is None else peak_keep
+        px, py = self.peak_x[sel], self.peak_y[sel]
+        val, sig = self.peak_value[sel], self.peak_significance[sel]
+        fp = labels[py, px].astype(np.int64) - 1
+        ok = fp >= 0
+        px, py, val, sig, fp = px[ok], py[ok], val[ok], sig[ok], fp[ok]
+        objs = ndimage.find_objects(labels, max_label=n)
+        bboxes = np.zeros((n, 4), np.int64)
+        for i, sl in enumerate(objs):
+            if sl is not None:
+                bboxes[i] = (sl[1].start, sl[0].start, sl[1].stop, sl[0].stop)
+        npix = np.bincount(labels.ravel(), minlength=n + 1)[1:].astype(np.int64)
+        order = np.lexsort((-val, fp))
+        return FootprintSet(labels, bboxes, npix, fp[order], px[order], py[order], val[order], sig[order])
+
+    def grow(self, n: int, isotropic: bool = False) -> FootprintSet:
+        """Return a new set with every footprint dilated by ``n`` pixels; touching ones merge."""
+        if n <= 0 or len(self) == 0:
+            return self
+        dy, dx = grow_stencil(int(n), isotropic)
+        out = np.zeros(self.labels.shape, bool)
+        _paint_grow(self.labels > 0, out, dy, dx)
+        return self._rebuild(out)
+
+    def merge(self, other: FootprintSet) -> FootprintSet:
+        """Union of two sets on the same image: pixels of both, peaks of both (duplicates removed)."""
+        if other.shape != self.shape:
+            raise ValueError(f"cannot merge footprint sets of shapes {self.shape} and {other.shape}")
+        both = FootprintSet(
+            self.labels, self.bboxes, self.npix,
+            np.concatenate([self.peak_footprint, other.peak_footprint]),
+            np.concatenate([self.peak_x, other.peak_x]), np.concatenate([self.peak_y, other.peak_y]),
+            np.concatenate([self.peak_value, other.peak_value]),
+            np.concatenate([self.peak_significance, other.peak_significance]),
+            peak_start=np.zeros(1, np.int64),
+        )
+        key = both.peak_y * self.shape[1] + both.peak_x
+        _, first = np.unique(key, return_index=True)
+        return both._rebuild((self.labels > 0) | (other.labels > 0), peak_keep=np.sort(first))
+
+    def select(self, keep: np.ndarray) -> FootprintSet:
+        """A new set with only the footprints where ``keep`` (bool, one per footprint) is True."""
+        keep = np.asarray(keep, bool)
+        remap = np.zeros(len(self) + 1, np.int32)
+        remap[1:][keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+        labels = remap[self.labels]
+        pk = keep[self.peak_footprint]
+        return FootprintSet(
+            labels, self.bboxes[keep], self.npix[keep], remap[self.peak_footprint[pk] + 1].astype(np.int64) - 1,
+            self.peak_x[pk], self.peak_y[pk], self.peak_value[pk], self.peak_significance[pk],
+        )
+
+    def set_mask(self, mask: np.ndarray, bit: int) -> None:
+        """OR ``1 << bit`` into ``mask`` on every footprint pixel."""
+        mask[self.labels > 0] |= np.int32(1 << bit)
