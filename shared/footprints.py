@@ -128,6 +128,51 @@ def _find_peaks(values: np.ndarray, labels: np.ndarray, lo: int, hi: int):
     return xs[:n], ys[:n]
 
 
+@numba.njit(cache=True, nogil=True)
+def _label_stats(labels: np.ndarray, n: int):
+    """Bounding boxes (x0, y0, x1, y1) and pixel counts of labels ``1..n`` in one pass."""
+    ny, nx = labels.shape
+    bb = np.empty((n, 4), np.int64)
+    bb[:, 0] = nx
+    bb[:, 1] = ny
+    bb[:, 2] = 0
+    bb[:, 3] = 0
+    npix = np.zeros(n, np.int64)
+    for y in range(ny):
+        for x in range(nx):
+            k = labels[y, x]
+            if k <= 0:
+                continue
+            k -= 1
+            npix[k] += 1
+            if x < bb[k, 0]:
+                bb[k, 0] = x
+            if x + 1 > bb[k, 2]:
+                bb[k, 2] = x + 1
+            if y < bb[k, 1]:
+                bb[k, 1] = y
+            if y + 1 > bb[k, 3]:
+                bb[k, 3] = y + 1
+    return bb, npix
+
+
+@numba.njit(cache=True, nogil=True)
+def _label_argmax(values: np.ndarray, labels: np.ndarray, n: int):
+    """Position (x, y) of the largest value of each label ``1..n``."""
+    ny, nx = labels.shape
+    best = np.full(n, -np.inf)
+    bx = np.zeros(n, np.int64)
+    by = np.zeros(n, np.int64)
+    for y in range(ny):
+        for x in range(nx):
+            k = labels[y, x]
+            if k > 0 and values[y, x] > best[k - 1]:
+                best[k - 1] = values[y, x]
+                bx[k - 1] = x
+                by[k - 1] = y
+    return bx, by
+
+
 @dataclass
 class FootprintSet:
     """Non-overlapping footprints of one image and their peaks (see the module docstring)."""
@@ -179,12 +224,7 @@ class FootprintSet:
         """
         labels = np.ascontiguousarray(labels, dtype=np.int32)
         n = int(labels.max()) if labels.size else 0
-        objs = ndimage.find_objects(labels, max_label=n)
-        bboxes = np.zeros((n, 4), np.int64)
-        for i, sl in enumerate(objs):
-            if sl is not None:
-                bboxes[i] = (sl[1].start, sl[0].start, sl[1].stop, sl[0].stop)
-        npix = np.bincount(labels.ravel(), minlength=n + 1)[1:].astype(np.int64)
+        bboxes, npix = _label_stats(labels, n)
         if peaks is None:
             px, py = _find_peaks(peak_image, labels, 0, labels.shape[0])
         else:
@@ -197,9 +237,8 @@ class FootprintSet:
         has[fp] = True
         if not has.all():
             missing = np.flatnonzero(~has) + 1
-            pos = ndimage.maximum_position(peak_image, labels, missing)
-            mx = np.array([p[1] for p in pos], np.int64)
-            my = np.array([p[0] for p in pos], np.int64)
+            ax, ay = _label_argmax(peak_image, labels, n)
+            mx, my = ax[missing - 1], ay[missing - 1]
             px, py, fp = np.concatenate([px, mx]), np.concatenate([py, my]), np.concatenate([fp, missing - 1])
         val = peak_image[py, px].astype(np.float64)
         order = np.lexsort((-val, fp))
@@ -258,12 +297,7 @@ class FootprintSet:
         fp = labels[py, px].astype(np.int64) - 1
         ok = fp >= 0
         px, py, val, sig, fp = px[ok], py[ok], val[ok], sig[ok], fp[ok]
-        objs = ndimage.find_objects(labels, max_label=n)
-        bboxes = np.zeros((n, 4), np.int64)
-        for i, sl in enumerate(objs):
-            if sl is not None:
-                bboxes[i] = (sl[1].start, sl[0].start, sl[1].stop, sl[0].stop)
-        npix = np.bincount(labels.ravel(), minlength=n + 1)[1:].astype(np.int64)
+        bboxes, npix = _label_stats(labels, n)
         order = np.lexsort((-val, fp))
         return FootprintSet(labels, bboxes, npix, fp[order], px[order], py[order], val[order], sig[order])
 

@@ -118,55 +118,78 @@ def _percentile_inplace(a, n, fraction):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
+def _interp_order_stat(a, lo, hi, idx):  # pragma: no cover - compiled
+    """Linear interpolation at fractional rank ``idx`` of ``a``; ``a[lo:hi]`` must contain ranks
+    ``int(idx)`` and ``int(idx) + 1`` (it is reordered)."""
+    q = int(idx)
+    _select(a, q, lo, hi)
+    v1 = float(a[q])
+    if idx == q or q + 1 >= hi:
+        return v1
+    v2 = float(_min_from(a, q + 1, hi))
+    return (q + 1 - idx) * v1 + (idx - q) * v2
+
+
+@numba.njit(cache=True, nogil=True)
+def _quartiles(a, n):  # pragma: no cover - compiled
+    """(q1, median, q3) of ``a[:n]`` with afw/numpy linear interpolation (reorders ``a``)."""
+    if n == 0:
+        return np.nan, np.nan, np.nan
+    if n == 1:
+        return float(a[0]), float(a[0]), float(a[0])
+    im = 0.5 * (n - 1)
+    km = int(im)
+    med = _interp_order_stat(a, 0, n, im)
+    # now a[:km] <= a[km] <= a[km+1:], so the lower quartile lies in [0, km] and the upper one in [km, n)
+    i1 = 0.25 * (n - 1)
+    q1 = _interp_order_stat(a, 0, km + 1, i1)
+    i3 = 0.75 * (n - 1)
+    q3 = _interp_order_stat(a, km, n, i3)
+    return q1, med, q3
+
+
+@numba.njit(cache=True, nogil=True)
 def _clip_kernel(buf, n, nsigma, niter):  # pragma: no cover - compiled
     """Clipped mean, variance, count and median of ``buf[:n]`` (reorders ``buf``)."""
     if n == 0:
         return np.nan, np.nan, 0, np.nan
-    med = _percentile_inplace(buf, n, 0.5)
-    q1 = _percentile_inplace(buf, n, 0.25)
-    q3 = _percentile_inplace(buf, n, 0.75)
+    q1, med, q3 = _quartiles(buf, n)
     center = med
     hwidth = nsigma * IQ_TO_STDEV * (q3 - q1)
     mean = np.nan
     var = np.nan
     cnt = 0
-    if niter <= 0:
-        s = 0.0
-        for i in range(n):
-            s += buf[i]
-        mean = s / n
-        s2 = 0.0
-        for i in range(n):
-            d = buf[i] - mean
-            s2 += d * d
-        var = s2 / (n - 1) if n > 1 else np.nan
-        return mean, var, n, med
+    lo = -np.inf
+    hi = np.inf
+    noclip = niter <= 0
+    if noclip:
+        niter = 1
     for it in range(niter):
         if it > 0:
             center = mean
             if cnt > 1:
                 hwidth = nsigma * np.sqrt(var)
-        lo = center - hwidth
-        hi = center + hwidth
-        s = 0.0
+        if not noclip and hwidth == hwidth:
+            lo = center - hwidth
+            hi = center + hwidth
+        # one pass, sums shifted by the centre for numerical stability
+        s1 = 0.0
+        s2 = 0.0
         c = 0
         for i in range(n):
             v = buf[i]
             if v >= lo and v <= hi:
-                s += v
+                d = v - center
+                s1 += d
+                s2 += d * d
                 c += 1
         if c == 0:
             return np.nan, np.nan, 0, med
-        m = s / c
-        s2 = 0.0
-        for i in range(n):
-            v = buf[i]
-            if v >= lo and v <= hi:
-                d = v - m
-                s2 += d * d
-        mean = m
+        mean = center + s1 / c
         cnt = c
-        var = s2 / (c - 1) if c > 1 else np.nan
+        var = (s2 - s1 * s1 / c) / (c - 1) if c > 1 else np.nan
+        if var < 0:
+            var = 0.0
     return mean, var, cnt, med
 
 
@@ -183,7 +206,7 @@ def _grid_kernel(image, mask, bad_bits, xedges, yedges, nsigma, niter, use_media
     maxh = 0
     for j in range(ny):
         maxh = max(maxh, yedges[j + 1] - yedges[j])
-    buf = np.empty(maxw * maxh, dtype=np.float64)
+    buf = np.empty(maxw * maxh, dtype=image.dtype)
     for j in range(ny):
         for i in range(nx):
             n = 0
@@ -194,9 +217,7 @@ def _grid_kernel(image, mask, bad_bits, xedges, yedges, nsigma, niter, use_media
                         buf[n] = v
                         n += 1
             if use_median:
-                med = _percentile_inplace(buf, n, 0.5)
-                q1 = _percentile_inplace(buf, n, 0.25)
-                q3 = _percentile_inplace(buf, n, 0.75)
+                q1, med, q3 = _quartiles(buf, n)
                 value[j, i] = med
                 sig = IQ_TO_STDEV * (q3 - q1)
                 # error of a median: (pi/2) * sigma^2 / n

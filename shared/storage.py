@@ -12,7 +12,9 @@ One filesystem object is kept per (endpoint, key, process).  Secrets are never l
 
 Writes are atomic: `atomic_write` writes a local temporary file first; a local target is then put in
 place with `os.replace`, an S3 target is uploaded under a temporary key and copied to its final key, so
-a half-written object is never visible under its final name.
+a half-written object is never visible under its final name.  ``CALEXPRESS_S3_WRITE=direct`` uploads
+straight to the final key instead (S3 makes an object visible only when its upload completes; saves the
+server-side copy, about a quarter of the time for a 4k x 4k calexp).
 """
 
 from __future__ import annotations
@@ -120,7 +122,8 @@ def s3_options() -> dict[str, Any]:
     """Keyword arguments for `s3fs.S3FileSystem` built from the environment (see module doc)."""
     env = os.environ
     opts: dict[str, Any] = {}
-    endpoint = env.get("CALEXPRESS_S3_ENDPOINT") or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+    endpoint = (env.get("CALEXPRESS_S3_ENDPOINT") or env.get("AWS_ENDPOINT_URL_S3")
+                or env.get("AWS_ENDPOINT_URL"))
     if endpoint:
         opts["endpoint_url"] = endpoint
     key = env.get("CALEXPRESS_S3_KEY")
@@ -316,6 +319,10 @@ def put_local_file(local: str | os.PathLike, url: str | os.PathLike) -> None:
         return
     fs, path = get_filesystem(url)
     parent, _, name = path.rpartition("/")
+    if os.environ.get("CALEXPRESS_S3_WRITE", "copy").lower() == "direct":
+        # S3 shows an object only once its PUT / multipart upload completes (s3fs aborts a failed one)
+        fs.put_file(os.fspath(local), path)
+        return
     tmp_key = f"{parent}/{TEMP_PREFIX}{uuid.uuid4().hex}-{name}"
     try:
         fs.put_file(os.fspath(local), tmp_key)

