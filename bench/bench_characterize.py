@@ -17,15 +17,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "characterize"))
 
-from truthframe import load_truth, make_exposure  # noqa: E402
-
 from calexpress.characterize import CharacterizeImageTask  # noqa: E402
 from calexpress.task import ExposureIdInfo  # noqa: E402
+from truthframe import load_truth, make_exposure  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    default = Path(os.environ.get("CALEXPRESS_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "data"
+    default = (
+        Path(os.environ.get("CALEXPRESS_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "data"
+    )
     ap.add_argument("--data", default=str(default))
     ap.add_argument("--frame", default="simcamA_0001001_g_det0")
     ap.add_argument("--repeat", type=int, default=2, help="runs (the first one includes numba compilation)")
@@ -39,13 +40,27 @@ def main() -> None:
         t0 = time.perf_counter()
         res = task.run(exp, exposureIdInfo=ExposureIdInfo(int(truth["info"]["expid"]), 41))
         total = time.perf_counter() - t0
-        runs.append(dict(total_s=round(total, 3), steps_s={k: round(v, 3) for k, v in res.timings.items()},
-                         n_sources=len(res.sourceCat), n_psf_stars=int(task.metadata["numPsfStars"]),
-                         n_cosmic_rays=int(task.metadata["numCosmicRays"]),
-                         psf_fwhm_px=round(float(task.metadata["psfFwhm"]), 3)))
-    print(json.dumps(dict(frame=args.frame, shape=list(exp.shape), runs=runs, best_total_s=min(r["total_s"]
-                                                                                                for r in runs)),
-                     indent=1))
+        runs.append(
+            dict(
+                total_s=round(total, 3),
+                steps_s={k: round(v, 3) for k, v in res.timings.items()},
+                n_sources=len(res.sourceCat),
+                n_psf_stars=int(task.metadata["numPsfStars"]),
+                n_cosmic_rays=int(task.metadata["numCosmicRays"]),
+                psf_fwhm_px=round(float(task.metadata["psfFwhm"]), 3),
+            )
+        )
+    print(
+        json.dumps(
+            dict(
+                frame=args.frame,
+                shape=list(exp.shape),
+                runs=runs,
+                best_total_s=min(r["total_s"] for r in runs),
+            ),
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 from astropy.io import fits  # noqa: E402
-
 from calexpress.calibs import CrosstalkCalib, Defects, Linearizer  # noqa: E402
 from calexpress.camera import get_camera  # noqa: E402
 from calexpress.isr import IsrTask, IsrTaskConfig, apply_camera_overrides  # noqa: E402

@@ -19,11 +19,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "measurement"))
 
-from meas_simutil import load_simcam_frame, make_exposure, star_field  # noqa: E402
-
 from calexpress.catalog_calc import CatalogCalculationTask  # noqa: E402
 from calexpress.detection import SourceDetectionConfig, SourceDetectionTask  # noqa: E402
 from calexpress.measurement import CHARIMAGE_PLUGINS, SingleFrameMeasurementConfig, SingleFrameMeasurementTask  # noqa: E402
+from meas_simutil import load_simcam_frame, make_exposure, star_field  # noqa: E402
 
 
 def _best(fn, n=3):
@@ -36,9 +35,50 @@ def _best(fn, n=3):
     return best, out
 
 
+def _bench_frame(exp) -> dict:
+    """Time detection (with and without background re-estimation), measurement and catalog calculation."""
+    image0, mask0 = exp.image.copy(), exp.mask.copy()
+
+    def detect(task):
+        exp.image[:] = image0
+        exp.mask[:] = mask0
+        return task.run(None, exp)
+
+    dcfg = SourceDetectionConfig()
+    dcfg.reEstimateBackground = False
+    det = SourceDetectionTask(dcfg)
+    detect(det)
+    t_det, _ = _best(lambda: detect(det))
+    det_bg = SourceDetectionTask()
+    try:
+        t_det_bg = round(_best(lambda: detect(det_bg))[0], 4)
+    except Exception as e:  # noqa: BLE001
+        t_det_bg = f"failed: {e}"
+    cat = detect(det).sources
+    full = SingleFrameMeasurementTask()
+    full.run(cat, exp)
+    t_full, _ = _best(lambda: full.run(cat, exp))
+    ccfg = SingleFrameMeasurementConfig()
+    ccfg.plugins = CHARIMAGE_PLUGINS
+    char = SingleFrameMeasurementTask(ccfg)
+    t_char, _ = _best(lambda: char.run(cat, exp))
+    t_calc, _ = _best(lambda: CatalogCalculationTask().run(cat))
+    return {
+        "shape": list(exp.image.shape),
+        "n_sources": len(cat),
+        "detection_s": round(t_det, 4),
+        "detection_with_background_reestimate_s": t_det_bg,
+        "measurement_all_plugins_s": round(t_full, 4),
+        "measurement_charImage_plugins_s": round(t_char, 4),
+        "catalog_calculation_s": round(t_calc, 4),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--simcam", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/simcam/simcamA")
+    ap.add_argument(
+        "--simcam", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/simcam/simcamA"
+    )
     ap.add_argument("--nstars", type=int, default=2000)
     args = ap.parse_args()
     warnings.simplefilter("ignore")
@@ -53,51 +93,7 @@ def main() -> None:
     _, noisy, var = star_field(shape, xs, ys, 10 ** rng.uniform(2.5, 5.5, args.nstars), 1.7, 600.0, rng)
     frames[f"synthetic_{args.nstars}_stars"] = make_exposure(noisy, var, 1.7)
     for name, exp in frames.items():
-        dcfg = SourceDetectionConfig()
-        dcfg.reEstimateBackground = False
-        det = SourceDetectionTask(dcfg)
-        image0, mask0 = exp.image.copy(), exp.mask.copy()
-
-        def run_det():
-            exp.image[:] = image0
-            exp.mask[:] = mask0
-            return det.run(None, exp)
-
-        run_det()
-        t_det, res = _best(run_det)
-        dcfg2 = SourceDetectionConfig()
-        det2 = SourceDetectionTask(dcfg2)
-
-        def run_det_bg():
-            exp.image[:] = image0
-            exp.mask[:] = mask0
-            return det2.run(None, exp)
-
-        try:
-            t_det_bg, _ = _best(run_det_bg)
-        except Exception as e:  # noqa: BLE001
-            t_det_bg = f"failed: {e}"
-        exp.image[:] = image0
-        exp.mask[:] = mask0
-        res = det.run(None, exp)
-        cat = res.sources
-        full = SingleFrameMeasurementTask()
-        full.run(cat, exp)
-        t_full, _ = _best(lambda: full.run(cat, exp))
-        ccfg = SingleFrameMeasurementConfig()
-        ccfg.plugins = CHARIMAGE_PLUGINS
-        char = SingleFrameMeasurementTask(ccfg)
-        t_char, _ = _best(lambda: char.run(cat, exp))
-        t_calc, _ = _best(lambda: CatalogCalculationTask().run(cat))
-        result[name] = {
-            "shape": list(exp.image.shape),
-            "n_sources": len(cat),
-            "detection_s": round(t_det, 4),
-            "detection_with_background_reestimate_s": t_det_bg if isinstance(t_det_bg, str) else round(t_det_bg, 4),
-            "measurement_all_plugins_s": round(t_full, 4),
-            "measurement_charImage_plugins_s": round(t_char, 4),
-            "catalog_calculation_s": round(t_calc, 4),
-        }
+        result[name] = _bench_frame(exp)
     print(json.dumps(result, indent=1))
 
 

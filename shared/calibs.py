@@ -141,8 +141,10 @@ class Defects:
                 else:
                     raise CalibError(f"{source}: unsupported defect shape {shape!r} (POINT and BOX are read)")
             return cls(boxes, meta)
-        raise CalibError(f"{source}: not a defects table: columns {table.colnames} (expected X, Y, SHAPE, R "
-                         "or x0, y0, width, height)")
+        raise CalibError(
+            f"{source}: not a defects table: columns {table.colnames} (expected X, Y, SHAPE, R "
+            "or x0, y0, width, height)"
+        )
 
     @classmethod
     def read(cls, path: str | Path) -> Defects:
@@ -167,9 +169,26 @@ class Defects:
                     header = hdul[0].header.copy()
                     header.extend(hdu.header.cards, unique=True)
                 defects = cls.from_table(table, str(path))
-                defects.metadata = fits.Header([c for c in header.cards if c.keyword not in (
-                    "SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "EXTEND", "XTENSION", "PCOUNT", "GCOUNT",
-                    "TFIELDS") and not c.keyword.startswith(("TTYPE", "TFORM", "TUNIT", "TDOC", "TCCLS"))])
+                defects.metadata = fits.Header(
+                    [
+                        c
+                        for c in header.cards
+                        if c.keyword
+                        not in (
+                            "SIMPLE",
+                            "BITPIX",
+                            "NAXIS",
+                            "NAXIS1",
+                            "NAXIS2",
+                            "EXTEND",
+                            "XTENSION",
+                            "PCOUNT",
+                            "GCOUNT",
+                            "TFIELDS",
+                        )
+                        and not c.keyword.startswith(("TTYPE", "TFORM", "TUNIT", "TDOC", "TCCLS"))
+                    ]
+                )
                 return defects
             fmt = "ascii.ecsv" if name.endswith(".ecsv") else None
             table = Table.read(path, format=fmt) if fmt else Table.read(path)
@@ -195,9 +214,15 @@ class Defects:
 # --------------------------------------------------------------------------------------------------
 
 _LIN_TYPES = {
-    "none": None, "null": None, "squared": "Squared", "linearizesquared": "Squared",
-    "polynomial": "Polynomial", "linearizepolynomial": "Polynomial", "lookuptable": "LookupTable",
-    "linearizelookuptable": "LookupTable", "lut": "LookupTable",
+    "none": None,
+    "null": None,
+    "squared": "Squared",
+    "linearizesquared": "Squared",
+    "polynomial": "Polynomial",
+    "linearizepolynomial": "Polynomial",
+    "lookuptable": "LookupTable",
+    "linearizelookuptable": "LookupTable",
+    "lut": "LookupTable",
 }
 
 
@@ -255,8 +280,11 @@ class Linearizer:
                 coeffs = entry.get("coeffs")
                 if coeffs is None:
                     coeffs = [entry[k] for k in sorted(k for k in entry if k[:1] == "c" and k[1:].isdigit())]
-                per_amp[str(amp)] = {"type": entry.get("type", default_type), "coeffs": coeffs,
-                                     "table": entry.get("table")}
+                per_amp[str(amp)] = {
+                    "type": entry.get("type", default_type),
+                    "coeffs": coeffs,
+                    "table": entry.get("table"),
+                }
             return cls(per_amp)
         except CalibError as exc:
             msg = str(exc)
@@ -265,7 +293,9 @@ class Linearizer:
     @classmethod
     def from_detector(cls, detector) -> Linearizer:
         """Linearizer from a camera detector's amplifiers (``linearity`` blocks of the camera YAML)."""
-        return cls({a.name: {"type": a.linearity_type, "coeffs": a.linearity_coeffs} for a in detector.amplifiers})
+        return cls(
+            {a.name: {"type": a.linearity_type, "coeffs": a.linearity_coeffs} for a in detector.amplifiers}
+        )
 
     def is_null(self) -> bool:
         """True if no amplifier has a correction."""

@@ -38,11 +38,45 @@ __all__ = [
 
 #: Header cards describing the FITS structure of a file, not the observation; dropped from metadata.
 _STRUCTURAL = {
-    "SIMPLE", "XTENSION", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "NAXIS3", "EXTEND", "PCOUNT", "GCOUNT",
-    "BZERO", "BSCALE", "BLANK", "CHECKSUM", "DATASUM", "EXTNAME", "EXTVER", "TFIELDS", "ZIMAGE",
-    "ZBITPIX", "ZNAXIS", "ZNAXIS1", "ZNAXIS2", "ZTILE1", "ZTILE2", "ZCMPTYPE", "ZNAME1", "ZVAL1",
-    "ZNAME2", "ZVAL2", "ZQUANTIZ", "ZDITHER0", "ZSIMPLE", "ZEXTEND", "ZTENSION", "ZPCOUNT", "ZGCOUNT",
-    "ZHECKSUM", "ZDATASUM",
+    "SIMPLE",
+    "XTENSION",
+    "BITPIX",
+    "NAXIS",
+    "NAXIS1",
+    "NAXIS2",
+    "NAXIS3",
+    "EXTEND",
+    "PCOUNT",
+    "GCOUNT",
+    "BZERO",
+    "BSCALE",
+    "BLANK",
+    "CHECKSUM",
+    "DATASUM",
+    "EXTNAME",
+    "EXTVER",
+    "TFIELDS",
+    "ZIMAGE",
+    "ZBITPIX",
+    "ZNAXIS",
+    "ZNAXIS1",
+    "ZNAXIS2",
+    "ZTILE1",
+    "ZTILE2",
+    "ZCMPTYPE",
+    "ZNAME1",
+    "ZVAL1",
+    "ZNAME2",
+    "ZVAL2",
+    "ZQUANTIZ",
+    "ZDITHER0",
+    "ZSIMPLE",
+    "ZEXTEND",
+    "ZTENSION",
+    "ZPCOUNT",
+    "ZGCOUNT",
+    "ZHECKSUM",
+    "ZDATASUM",
 }
 
 _TYPES = {"int": int, "str": str, "float": float}
@@ -68,7 +102,9 @@ def _box(value: Any, what: str) -> tuple[Box | None, bool, bool]:
     try:
         x0, y0, w, h = (int(v) for v in value)
     except (TypeError, ValueError):
-        raise CameraError(f"{what}: a box is [x0, y0, width, height] or '[x1:x2,y1:y2]', not {value!r}") from None
+        raise CameraError(
+            f"{what}: a box is [x0, y0, width, height] or '[x1:x2,y1:y2]', not {value!r}"
+        ) from None
     return Box(x0, y0, w, h), False, False
 
 
@@ -126,8 +162,10 @@ class Detector:
         for amp in self.amplifiers:
             if amp.name == name:
                 return amp
-        raise KeyError(f"detector {self.name} has no amplifier {name!r}; amplifiers are "
-                       f"{[a.name for a in self.amplifiers]}")
+        raise KeyError(
+            f"detector {self.name} has no amplifier {name!r}; amplifiers are "
+            f"{[a.name for a in self.amplifiers]}"
+        )
 
     def getName(self) -> str:  # noqa: N802 - LSST-style alias
         """Return the detector name (LSST spelling)."""
@@ -271,8 +309,11 @@ def _header_value(header: fits.Header, spec: Any, default: Any = None) -> Any:
     keys = keys if isinstance(keys, list) else [keys]
     raw = None
     for key in keys:
-        if key is not None and key in header and header[key] is not None and not isinstance(
-            header[key], fits.card.Undefined
+        if (
+            key is not None
+            and key in header
+            and header[key] is not None
+            and not isinstance(header[key], fits.card.Undefined)
         ):
             raw = header[key]
             break
@@ -332,8 +373,11 @@ class Camera:
         self.description = str(config.get("description", ""))
         self.instrument = [str(v) for v in _as_list(config.get("instrument", []))]
         self.gen2_mapper = config.get("gen2_mapper")
-        keys = config.get("data_id_keys") or {"visit": {"type": "int"}, "ccd": {"type": "int"},
-                                             "filter": {"type": "str"}}
+        keys = config.get("data_id_keys") or {
+            "visit": {"type": "int"},
+            "ccd": {"type": "int"},
+            "filter": {"type": "str"},
+        }
         self._data_id_specs: dict[str, dict] = {}
         self.data_id_keys: dict[str, type] = {}
         for key, spec in keys.items():
@@ -346,11 +390,18 @@ class Camera:
         self.filename_pattern = config.get("filename_pattern")
         self.path_templates: dict[str, str] = dict(config.get("path_templates") or {})
         self.isr_overrides: dict[str, Any] = dict(config.get("isr_overrides") or {})
-        self.filters: dict[str, dict] = {str(k): dict(v or {}) for k, v in (config.get("filters") or {}).items()}
+        self.charImage_overrides: dict[str, Any] = dict(config.get("charImage_overrides") or {})  # noqa: N815
+        self.calibrate_overrides: dict[str, Any] = dict(config.get("calibrate_overrides") or {})  # noqa: N815
+        self.config_overrides: dict[str, Any] = dict(config.get("config_overrides") or {})
+        self.filters: dict[str, dict] = {
+            str(k): dict(v or {}) for k, v in (config.get("filters") or {}).items()
+        }
         self.header_map: dict[str, Any] = dict(config.get("header") or {})
         obs = config.get("observatory")
         self.observatory = (
-            (float(obs["longitude_deg"]), float(obs["latitude_deg"]), float(obs["elevation_m"])) if obs else None
+            (float(obs["longitude_deg"]), float(obs["latitude_deg"]), float(obs["elevation_m"]))
+            if obs
+            else None
         )
         raw = config.get("raw") or {}
         self.raw_layout = raw.get("layout", "single_hdu")
@@ -396,8 +447,10 @@ class Camera:
         for det in self.detectors.values():
             if str(detector) in (str(det.id), det.name):
                 return det
-        raise CameraError(f"camera {self.name} has no detector {detector!r}; detectors are "
-                          f"{[d.id for d in self.detectors.values()]}")
+        raise CameraError(
+            f"camera {self.name} has no detector {detector!r}; detectors are "
+            f"{[d.id for d in self.detectors.values()]}"
+        )
 
     def detector_from_header(self, header: fits.Header) -> Detector:
         """Return the detector a raw header belongs to (``header.detector`` spec, else the only one)."""
@@ -460,12 +513,15 @@ class Camera:
                 value = from_name.get(key)
             if value is None:
                 where = f" of {filename}" if filename else ""
-                raise CameraError(f"camera {self.name}: no value for data ID key {key!r} in the header{where}")
+                raise CameraError(
+                    f"camera {self.name}: no value for data ID key {key!r} in the header{where}"
+                )
             try:
                 data_id[key] = typ(value.strip() if isinstance(value, str) else value)
             except (TypeError, ValueError):
-                raise CameraError(f"camera {self.name}: data ID key {key!r} = {value!r} is not {typ.__name__}"
-                                  ) from None
+                raise CameraError(
+                    f"camera {self.name}: data ID key {key!r} = {value!r} is not {typ.__name__}"
+                ) from None
         return data_id
 
     def _date_from_header(self, header: fits.Header, exptime: float | None):
@@ -572,7 +628,9 @@ class Camera:
             return _tan_wcs((ra, dec), ref, make_cd_matrix(scale, rot, flip_x))
         if method == "camera_geometry":
             return _camera_geometry_wcs(cfg, det, (ra, dec), rot, flip_x)
-        raise CameraError(f"{self.source}: unknown wcs.method {method!r} (header, boresight, camera_geometry)")
+        raise CameraError(
+            f"{self.source}: unknown wcs.method {method!r} (header, boresight, camera_geometry)"
+        )
 
     # -- reading raws --------------------------------------------------------------------------------
     def check_header(self, header: fits.Header, what: str) -> None:
@@ -580,8 +638,9 @@ class Camera:
         if self.instrument and "INSTRUME" in header:
             inst = str(header["INSTRUME"]).strip()
             if inst not in self.instrument:
-                raise CameraError(f"{what}: INSTRUME={inst!r} is not camera {self.name} "
-                                  f"(expects {self.instrument})")
+                raise CameraError(
+                    f"{what}: INSTRUME={inst!r} is not camera {self.name} (expects {self.instrument})"
+                )
 
     def read_raw(self, path_or_fileobj, detector: int | str | Detector | None = None):
         """Read a raw file as an untrimmed `calexpress.exposure.Exposure` in ADU.
@@ -610,27 +669,37 @@ class Camera:
                     hdu = _image_hdu(hdul, self.raw_hdu, what)
                     metadata = _merge_headers(primary, hdu.header if hdu is not hdul[0] else None)
                     self.check_header(metadata, what)
-                    det = self.get_detector(detector) if detector is not None else self.detector_from_header(
-                        metadata)
+                    det = (
+                        self.get_detector(detector)
+                        if detector is not None
+                        else self.detector_from_header(metadata)
+                    )
                     data = hdu.data
                     if data is None or data.ndim != 2:
                         raise CameraError(f"{what}: image HDU has no 2-D data")
                     if det.raw_shape is not None and tuple(data.shape) != tuple(det.raw_shape):
-                        raise CameraError(f"{what}: raw image is {data.shape[1]}x{data.shape[0]} pixels; camera "
-                                          f"{self.name} detector {det.id} expects "
-                                          f"{det.raw_shape[1]}x{det.raw_shape[0]}")
+                        raise CameraError(
+                            f"{what}: raw image is {data.shape[1]}x{data.shape[0]} pixels; camera "
+                            f"{self.name} detector {det.id} expects "
+                            f"{det.raw_shape[1]}x{det.raw_shape[0]}"
+                        )
                     image = np.array(data, dtype=np.float32)
                 else:
                     metadata = _merge_headers(primary, None)
                     self.check_header(metadata, what)
-                    det = self.get_detector(detector) if detector is not None else self.detector_from_header(
-                        metadata)
+                    det = (
+                        self.get_detector(detector)
+                        if detector is not None
+                        else self.detector_from_header(metadata)
+                    )
                     image = np.zeros(det.raw_shape, dtype=np.float32)
                     for amp in det.amplifiers:
                         hdu = _image_hdu(hdul, amp.hdu, what)
                         if hdu.data is None or tuple(hdu.data.shape) != amp.raw_bbox.shape:
-                            raise CameraError(f"{what}: HDU {amp.hdu} of amplifier {amp.name} is not "
-                                              f"{amp.raw_bbox.width}x{amp.raw_bbox.height}")
+                            raise CameraError(
+                                f"{what}: HDU {amp.hdu} of amplifier {amp.name} is not "
+                                f"{amp.raw_bbox.width}x{amp.raw_bbox.height}"
+                            )
                         image[amp.raw_bbox.slices] = hdu.data
                         if amp is det.amplifiers[0]:
                             metadata = _merge_headers(primary, hdu.header)
@@ -672,8 +741,9 @@ def _as_list(v: Any) -> list:
 def _describe(path_or_fileobj) -> str:
     if isinstance(path_or_fileobj, (str, Path)):
         return str(path_or_fileobj)
-    return str(getattr(path_or_fileobj, "name", None) or getattr(path_or_fileobj, "path", None)
-               or "<file object>")
+    return str(
+        getattr(path_or_fileobj, "name", None) or getattr(path_or_fileobj, "path", None) or "<file object>"
+    )
 
 
 def _open_fits(path_or_fileobj):
@@ -722,8 +792,10 @@ def _wcs_from_header(header: fits.Header, offset=None):
     if not (c1.startswith("RA--") and c2.startswith("DEC-")):
         return None
     hdr = fits.Header()
-    keep = re.compile(r"^(CTYPE[12]|CRPIX[12]|CRVAL[12]|CDELT[12]|CUNIT[12]|CD[12]_[12]|PC[12]_[12]|"
-                      r"(A|B|AP|BP)_(ORDER|\d+_\d+)|RADESYS|RADECSYS|EQUINOX|LONPOLE|LATPOLE|PV[12]_\d+)$")
+    keep = re.compile(
+        r"^(CTYPE[12]|CRPIX[12]|CRVAL[12]|CDELT[12]|CUNIT[12]|CD[12]_[12]|PC[12]_[12]|"
+        r"(A|B|AP|BP)_(ORDER|\d+_\d+)|RADESYS|RADECSYS|EQUINOX|LONPOLE|LATPOLE|PV[12]_\d+)$"
+    )
     for card in header.cards:
         if keep.match(card.keyword):
             hdr[card.keyword] = card.value
@@ -818,8 +890,10 @@ def get_camera(name_or_path: str | Path | Camera) -> Camera:
     else:
         res = resources.files("calexpress.cameras").joinpath(f"{key}.yaml")
         if not res.is_file():
-            raise CameraError(f"unknown camera {key!r}; packaged cameras are {available_cameras()} "
-                              "(or give the path of a camera YAML file)")
+            raise CameraError(
+                f"unknown camera {key!r}; packaged cameras are {available_cameras()} "
+                "(or give the path of a camera YAML file)"
+            )
         cam = Camera(yaml.safe_load(res.read_text()), source=f"calexpress/cameras/{key}.yaml")
     _CACHE[key] = cam
     return cam
@@ -841,8 +915,10 @@ def identify_camera(path_or_header, shape: tuple[int, int] | None = None) -> Cam
             with _open_fits(path_or_header) as hdul:
                 hdu = _image_hdu(hdul, "auto", what)
                 header = _merge_headers(hdul[0].header, hdu.header if hdu is not hdul[0] else None)
-                shape = (int(hdu.header.get("ZNAXIS2", hdu.header.get("NAXIS2", 0))),
-                         int(hdu.header.get("ZNAXIS1", hdu.header.get("NAXIS1", 0))))
+                shape = (
+                    int(hdu.header.get("ZNAXIS2", hdu.header.get("NAXIS2", 0))),
+                    int(hdu.header.get("ZNAXIS1", hdu.header.get("NAXIS1", 0))),
+                )
         except (CameraError, OSError):
             raise
         except (ValueError, TypeError, EOFError) as exc:

@@ -19,14 +19,22 @@ from .config import Config, Field, ListField
 from .measurement import slot_column
 from .task import Struct, Task, timeMethod
 
-__all__ = ["CatalogCalculationConfig", "CatalogCalculationTask", "classification_extendedness", "footprint_area"]
+__all__ = [
+    "CatalogCalculationConfig",
+    "CatalogCalculationTask",
+    "classification_extendedness",
+    "footprint_area",
+]
 
 
 class CatalogCalculationConfig(Config):
     """Configuration of `CatalogCalculationTask`."""
 
-    plugins = ListField(dtype=str, default=["base_ClassificationExtendedness", "base_FootprintArea"],
-                        doc="catalog calculation plugins to run")
+    plugins = ListField(
+        dtype=str,
+        default=["base_ClassificationExtendedness", "base_FootprintArea"],
+        doc="catalog calculation plugins to run",
+    )
     fluxRatio = Field(dtype=float, default=0.925, doc="base_ClassificationExtendedness.fluxRatio")
     modelErrFactor = Field(dtype=float, default=0.0, doc="base_ClassificationExtendedness.modelErrFactor")
     psfErrFactor = Field(dtype=float, default=0.0, doc="base_ClassificationExtendedness.psfErrFactor")
@@ -41,23 +49,32 @@ class CatalogCalculationConfig(Config):
 def _flux_and_flag(table: Table, slot: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     base = slot_column(table, slot)
     flux = np.asarray(table[f"{base}_instFlux"], np.float64)
-    err = np.asarray(table[f"{base}_instFluxErr"], np.float64) if f"{base}_instFluxErr" in table.colnames \
+    err = (
+        np.asarray(table[f"{base}_instFluxErr"], np.float64)
+        if f"{base}_instFluxErr" in table.colnames
         else np.zeros(len(table))
-    flag = np.asarray(table[f"{base}_flag"], bool) if f"{base}_flag" in table.colnames else np.zeros(len(table), bool)
+    )
+    flag = (
+        np.asarray(table[f"{base}_flag"], bool)
+        if f"{base}_flag" in table.colnames
+        else np.zeros(len(table), bool)
+    )
     return flux, err, flag
 
 
-def classification_extendedness(table: Table, fluxRatio: float = 0.925, modelErrFactor: float = 0.0,
-                                psfErrFactor: float = 0.0) -> None:
-    """Add ``base_ClassificationExtendedness_value`` (float, 0 star / 1 extended, NaN if flagged) and ``_flag``."""
+def classification_extendedness(
+    table: Table, fluxRatio: float = 0.925, modelErrFactor: float = 0.0, psfErrFactor: float = 0.0
+) -> None:
+    """Add ``base_ClassificationExtendedness_value`` (0 star, 1 extended, NaN if undefined) and ``_flag``."""
     mflux, merr, mflag = _flux_and_flag(table, "ModelFlux")
     pflux, perr, pflag = _flux_and_flag(table, "PsfFlux")
     bad = mflag | pflag | ~np.isfinite(mflux) | ~np.isfinite(pflux)
     with np.errstate(invalid="ignore"):
         ext = (fluxRatio * mflux + modelErrFactor * merr >= pflux + psfErrFactor * perr).astype(np.float64)
     ext[~(np.isfinite(mflux) & np.isfinite(pflux))] = np.nan
-    table["base_ClassificationExtendedness_value"] = Column(ext, description="Set to 1 for extended sources, "
-                                                            "0 for point sources.")
+    table["base_ClassificationExtendedness_value"] = Column(
+        ext, description="Set to 1 for extended sources, 0 for point sources."
+    )
     table["base_ClassificationExtendedness_flag"] = Column(bad, description="Set to 1 for any fatal failure.")
 
 
@@ -77,8 +94,9 @@ def footprint_area(table: Table, footprints: Any = None) -> None:
             hf = heavy.get(int(ids[i]))
             if hf is not None:
                 area[i] = int(np.count_nonzero(hf.mask))
-    table["base_FootprintArea_value"] = Column(area, unit=u.pix,
-                                               description="Number of pixels in the source's detection footprint.")
+    table["base_FootprintArea_value"] = Column(
+        area, unit=u.pix, description="Number of pixels in the source's detection footprint."
+    )
 
 
 class CatalogCalculationTask(Task):
@@ -87,7 +105,9 @@ class CatalogCalculationTask(Task):
     ConfigClass = CatalogCalculationConfig
     _DefaultName = "catalogCalculation"
 
-    def __init__(self, config: CatalogCalculationConfig | None = None, schema: Any = None, **kwargs: Any) -> None:
+    def __init__(
+        self, config: CatalogCalculationConfig | None = None, schema: Any = None, **kwargs: Any
+    ) -> None:
         super().__init__(config=config, **kwargs)
 
     @timeMethod

@@ -3,10 +3,12 @@
 Algorithm (``lsst_processccd.md`` section 2.4):
 
 1. clear DETECTED / DETECTED_NEGATIVE;
-2. ``sigma`` = PSF determinant radius; smoothing kernel width ``(int(sigma * nSigmaForKernel + 0.5) // 2) * 2 + 1``;
+2. ``sigma`` = PSF determinant radius; smoothing kernel width
+   ``(int(sigma * nSigmaForKernel + 0.5) // 2) * 2 + 1``;
 3. separable normalised Gaussian convolution of the image (``scipy.ndimage.correlate1d``);
 4. pixels closer to the border than half the kernel (the invalid part of the convolution) get EDGE;
-5. threshold = ``thresholdValue * STDEVCLIP(smoothed middle, excluding statsMask)`` for ``thresholdType="stdev"``,
+5. threshold = ``thresholdValue * STDEVCLIP(smoothed middle, excluding statsMask)`` for
+   ``thresholdType="stdev"``,
    so "5 sigma" is in units of the *smoothed* image's noise as in LSST;
 6. 8-connected components of ``smoothed >= threshold`` (``scipy.ndimage.label``), ``minPixels``;
    a footprint is kept only if its highest peak reaches ``includeThresholdMultiplier * threshold``;
@@ -45,36 +47,55 @@ __all__ = [
 class SourceDetectionConfig(Config):
     """Configuration of `SourceDetectionTask` (LSST names and defaults)."""
 
-    minPixels = Field(dtype=int, default=1, doc="detected sources with fewer than this many pixels are dropped")
+    minPixels = Field(
+        dtype=int, default=1, doc="detected sources with fewer than this many pixels are dropped"
+    )
     isotropicGrow = Field(dtype=bool, default=False, doc="grow footprints isotropically (disc) or Manhattan")
     combinedGrow = Field(dtype=bool, default=True, doc="grow all footprints together (touching ones merge)")
     nSigmaToGrow = Field(dtype=float, default=2.4, doc="grow footprints by this many PSF sigma")
     returnOriginalFootprints = Field(dtype=bool, default=False, doc="return the footprints before growing")
     thresholdValue = Field(dtype=float, default=5.0, doc="detection threshold, in units of thresholdType")
     includeThresholdMultiplier = Field(
-        dtype=float, default=1.0, doc="keep a footprint only if its peak reaches this times the threshold")
+        dtype=float, default=1.0, doc="keep a footprint only if its peak reaches this times the threshold"
+    )
     thresholdType = ChoiceField(
-        dtype=str, default="stdev", doc="units of thresholdValue",
-        allowed={"stdev": "clipped stdev of the smoothed image", "value": "image value",
-                 "variance": "clipped variance of the smoothed image (threshold = value * variance)",
-                 "pixel_stdev": "per-pixel sqrt(variance) of the smoothed variance plane"})
+        dtype=str,
+        default="stdev",
+        doc="units of thresholdValue",
+        allowed={
+            "stdev": "clipped stdev of the smoothed image",
+            "value": "image value",
+            "variance": "clipped variance of the smoothed image (threshold = value * variance)",
+            "pixel_stdev": "per-pixel sqrt(variance) of the smoothed variance plane",
+        },
+    )
     thresholdPolarity = ChoiceField(
-        dtype=str, default="positive", doc="which sources to detect",
-        allowed={"positive": "positive only", "negative": "negative only", "both": "both"})
+        dtype=str,
+        default="positive",
+        doc="which sources to detect",
+        allowed={"positive": "positive only", "negative": "negative only", "both": "both"},
+    )
     adjustBackground = Field(dtype=float, default=0.0, doc="constant added to the image before detection")
     reEstimateBackground = Field(dtype=bool, default=True, doc="re-estimate the background after detection")
     backgroundBinSize = Field(dtype=int, default=128, doc="bin size of the re-estimated background")
     backgroundStatistic = Field(dtype=str, default="MEANCLIP", doc="statistic of the background bins")
     backgroundApproxOrder = Field(dtype=int, default=6, doc="Chebyshev order of the background model")
     backgroundIgnoredPixelMask = ListField(
-        dtype=str, default=["BAD", "EDGE", "DETECTED", "DETECTED_NEGATIVE", "NO_DATA"],
-        doc="mask planes ignored when re-estimating the background")
-    doTempLocalBackground = Field(dtype=bool, default=False, doc="temporary local background (not implemented)")
+        dtype=str,
+        default=["BAD", "EDGE", "DETECTED", "DETECTED_NEGATIVE", "NO_DATA"],
+        doc="mask planes ignored when re-estimating the background",
+    )
+    doTempLocalBackground = Field(
+        dtype=bool, default=False, doc="temporary local background (not implemented)"
+    )
     doTempWideBackground = Field(dtype=bool, default=False, doc="temporary wide background (not implemented)")
     nPeaksMaxSimple = Field(dtype=int, default=1, doc="kept for LSST compatibility (unused)")
     nSigmaForKernel = Field(dtype=float, default=7.0, doc="smoothing kernel width in PSF sigma")
-    statsMask = ListField(dtype=str, default=["BAD", "SAT", "EDGE", "NO_DATA"],
-                          doc="mask planes ignored when computing the threshold statistics")
+    statsMask = ListField(
+        dtype=str,
+        default=["BAD", "SAT", "EDGE", "NO_DATA"],
+        doc="mask planes ignored when computing the threshold statistics",
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -117,7 +138,7 @@ def _separable_convolve(img: np.ndarray, k: np.ndarray) -> np.ndarray:  # pragma
 
 
 def smooth_image(image: np.ndarray, sigma: float, width: int) -> np.ndarray:
-    """Separable Gaussian smoothing (float32, numba); borders replicate the edge (marked EDGE by detection)."""
+    """Separable Gaussian smoothing (float32, numba); borders replicate the edge (detection marks EDGE)."""
     k = gaussian_kernel_1d(sigma, width)
     return _separable_convolve(np.ascontiguousarray(image, dtype=np.float32), k)
 
@@ -146,13 +167,20 @@ def make_source_catalog(footprints: FootprintSet, id_info: ExposureIdInfo | int 
     t["coord_ra"] = Column(np.full(n, np.nan), unit=u.rad, description="position in ra/dec")
     t["coord_dec"] = Column(np.full(n, np.nan), unit=u.rad, description="position in ra/dec")
     t["parent"] = Column(np.zeros(n, np.int64), description="unique id of parent source")
-    t["footprint"] = Column(np.arange(n, dtype=np.int32), description="index of the footprint in its FootprintSet")
+    t["footprint"] = Column(
+        np.arange(n, dtype=np.int32), description="index of the footprint in its FootprintSet"
+    )
     t["peak_x"] = Column(footprints.peak_x[first].astype(np.int32), unit=u.pix, description="peak x position")
     t["peak_y"] = Column(footprints.peak_y[first].astype(np.int32), unit=u.pix, description="peak y position")
-    t["peak_value"] = Column(footprints.peak_value[first], unit=u.ct, description="smoothed image value at the peak")
-    t["peak_significance"] = Column(footprints.peak_significance[first],
-                                    description="peak value in units of the smoothed-image noise")
-    t["deblend_nPeaks"] = Column(footprints.n_peaks.astype(np.int32), description="number of peaks in the footprint")
+    t["peak_value"] = Column(
+        footprints.peak_value[first], unit=u.ct, description="smoothed image value at the peak"
+    )
+    t["peak_significance"] = Column(
+        footprints.peak_significance[first], description="peak value in units of the smoothed-image noise"
+    )
+    t["deblend_nPeaks"] = Column(
+        footprints.n_peaks.astype(np.int32), description="number of peaks in the footprint"
+    )
     t.footprints = footprints  # type: ignore[attr-defined]
     return t
 
@@ -163,13 +191,22 @@ class SourceDetectionTask(Task):
     ConfigClass = SourceDetectionConfig
     _DefaultName = "sourceDetection"
 
-    def __init__(self, config: SourceDetectionConfig | None = None, schema: Any = None, **kwargs: Any) -> None:
+    def __init__(
+        self, config: SourceDetectionConfig | None = None, schema: Any = None, **kwargs: Any
+    ) -> None:
         super().__init__(config=config, **kwargs)
 
     # ------------------------------------------------------------------------------------------
     @timeMethod
-    def run(self, table: Any, exposure: Any, doSmooth: bool = True, sigma: float | None = None,
-            clearMask: bool = True, expId: ExposureIdInfo | int | None = None) -> Struct:
+    def run(
+        self,
+        table: Any,
+        exposure: Any,
+        doSmooth: bool = True,
+        sigma: float | None = None,
+        clearMask: bool = True,
+        expId: ExposureIdInfo | int | None = None,
+    ) -> Struct:
         """Detect sources, set DETECTED, optionally re-estimate the background.
 
         Parameters
@@ -198,8 +235,9 @@ class SourceDetectionTask(Task):
         return res
 
     @timeMethod
-    def detectFootprints(self, exposure: Any, doSmooth: bool = True, sigma: float | None = None,
-                         clearMask: bool = True) -> Struct:
+    def detectFootprints(
+        self, exposure: Any, doSmooth: bool = True, sigma: float | None = None, clearMask: bool = True
+    ) -> Struct:
         """Footprints of the exposure without creating a catalog (same results as `run`)."""
         cfg = self.config
         image = exposure.image
@@ -243,7 +281,11 @@ class SourceDetectionTask(Task):
             smoothed = np.where(finite, smoothed, np.float32(0))
 
         stats_bits = exposure.get_plane_bitmask(*cfg.statsMask)
-        mid = (slice(border, ny - border), slice(border, nx - border)) if border > 0 else (slice(None), slice(None))
+        mid = (
+            (slice(border, ny - border), slice(border, nx - border))
+            if border > 0
+            else (slice(None), slice(None))
+        )
         noise = self._noise(smoothed[mid], mask[mid], stats_bits, exposure, mid, sigma, width)
         if cfg.thresholdType == "value":
             threshold = cfg.thresholdValue
@@ -252,7 +294,9 @@ class SourceDetectionTask(Task):
         else:
             threshold = cfg.thresholdValue * noise
         if not np.isfinite(threshold) or threshold <= 0:
-            raise TaskError(f"detection threshold is not positive and finite ({threshold}); is the image empty?")
+            raise TaskError(
+                f"detection threshold is not positive and finite ({threshold}); is the image empty?"
+            )
 
         positive = negative = None
         valid = np.zeros((ny, nx), bool)
@@ -286,16 +330,37 @@ class SourceDetectionTask(Task):
             positive = FootprintSet.empty((ny, nx))
         num_pos = len(positive)
         num_neg = 0 if negative is None else len(negative)
-        self.log.info("Detected %d positive peaks in %d footprints%s to %g sigma", len(positive.peak_x),
-                      num_pos, "" if negative is None else f" and {num_neg} negative footprints",
-                      cfg.thresholdValue)
-        return Struct(positive=positive, negative=negative, numPos=num_pos, numNeg=num_neg,
-                      background=background, factor=1.0, sigma=sigma, threshold=float(threshold),
-                      noise=float(noise), smoothed=smoothed)
+        self.log.info(
+            "Detected %d positive peaks in %d footprints%s to %g sigma",
+            len(positive.peak_x),
+            num_pos,
+            "" if negative is None else f" and {num_neg} negative footprints",
+            cfg.thresholdValue,
+        )
+        return Struct(
+            positive=positive,
+            negative=negative,
+            numPos=num_pos,
+            numNeg=num_neg,
+            background=background,
+            factor=1.0,
+            sigma=sigma,
+            threshold=float(threshold),
+            noise=float(noise),
+            smoothed=smoothed,
+        )
 
     # ------------------------------------------------------------------------------------------
-    def _noise(self, smoothed_mid: np.ndarray, mask_mid: np.ndarray, bits: int, exposure: Any, mid: tuple,
-               sigma: float, width: int) -> float:
+    def _noise(
+        self,
+        smoothed_mid: np.ndarray,
+        mask_mid: np.ndarray,
+        bits: int,
+        exposure: Any,
+        mid: tuple,
+        sigma: float,
+        width: int,
+    ) -> float:
         """Clipped standard deviation of the smoothed image (or of the smoothed variance for pixel_stdev)."""
         if self.config.thresholdType == "pixel_stdev":
             var = np.asarray(exposure.variance, np.float32)
@@ -312,7 +377,9 @@ class SourceDetectionTask(Task):
             raise TaskError("cannot compute the detection threshold: no unmasked pixels")
         return std
 
-    def _footprints(self, smoothed: np.ndarray, valid: np.ndarray, threshold: float, noise: float) -> FootprintSet:
+    def _footprints(
+        self, smoothed: np.ndarray, valid: np.ndarray, threshold: float, noise: float
+    ) -> FootprintSet:
         cfg = self.config
         above = (smoothed >= threshold) & valid
         labels, n = _label(above)
@@ -337,8 +404,14 @@ class SourceDetectionTask(Task):
 
         cfg = self.config
         bits = exposure.get_plane_bitmask(*cfg.backgroundIgnoredPixelMask)
-        bg = estimate_background(exposure.image, exposure.mask, bits, bin_size=cfg.backgroundBinSize,
-                                 stat=cfg.backgroundStatistic, order=cfg.backgroundApproxOrder)
+        bg = estimate_background(
+            exposure.image,
+            exposure.mask,
+            bits,
+            bin_size=cfg.backgroundBinSize,
+            stat=cfg.backgroundStatistic,
+            order=cfg.backgroundApproxOrder,
+        )
         model = bg.get_image(exposure.image.shape)
         exposure.image -= model.astype(exposure.image.dtype, copy=False)
         self.metadata["reEstimatedBackgroundMean"] = float(np.mean(model))

@@ -79,8 +79,14 @@ def _paint_grow(src: np.ndarray, out: np.ndarray, dy: np.ndarray, dx: np.ndarray
             out[y, x] = True
             # only boundary pixels need to paint the stencil
             interior = (
-                y > 0 and y < ny - 1 and x > 0 and x < nx - 1
-                and src[y - 1, x] and src[y + 1, x] and src[y, x - 1] and src[y, x + 1]
+                y > 0
+                and y < ny - 1
+                and x > 0
+                and x < nx - 1
+                and src[y - 1, x]
+                and src[y + 1, x]
+                and src[y, x - 1]
+                and src[y, x + 1]
             )
             if interior:
                 continue
@@ -197,8 +203,16 @@ class FootprintSet:
     def empty(cls, shape: tuple[int, int]) -> FootprintSet:
         """A set with no footprints for an image of ``shape``."""
         z = np.zeros(0, np.int64)
-        return cls(np.zeros(shape, np.int32), np.zeros((0, 4), np.int64), z, z.copy(), z.copy(), z.copy(),
-                   np.zeros(0, np.float64), np.zeros(0, np.float64))
+        return cls(
+            np.zeros(shape, np.int32),
+            np.zeros((0, 4), np.int64),
+            z,
+            z.copy(),
+            z.copy(),
+            z.copy(),
+            np.zeros(0, np.float64),
+            np.zeros(0, np.float64),
+        )
 
     @classmethod
     def from_labels(
@@ -266,8 +280,9 @@ class FootprintSet:
     def peaks(self, i: int) -> np.ndarray:
         """Peaks of footprint ``i`` as a structured array (x, y, value, significance), brightest first."""
         s = slice(self.peak_start[i], self.peak_start[i + 1])
-        out = np.zeros(s.stop - s.start, dtype=[("x", "i8"), ("y", "i8"), ("value", "f8"),
-                                                 ("significance", "f8")])
+        out = np.zeros(
+            s.stop - s.start, dtype=[("x", "i8"), ("y", "i8"), ("value", "f8"), ("significance", "f8")]
+        )
         out["x"], out["y"] = self.peak_x[s], self.peak_y[s]
         out["value"], out["significance"] = self.peak_value[s], self.peak_significance[s]
         return out
@@ -315,9 +330,12 @@ class FootprintSet:
         if other.shape != self.shape:
             raise ValueError(f"cannot merge footprint sets of shapes {self.shape} and {other.shape}")
         both = FootprintSet(
-            self.labels, self.bboxes, self.npix,
+            self.labels,
+            self.bboxes,
+            self.npix,
             np.concatenate([self.peak_footprint, other.peak_footprint]),
-            np.concatenate([self.peak_x, other.peak_x]), np.concatenate([self.peak_y, other.peak_y]),
+            np.concatenate([self.peak_x, other.peak_x]),
+            np.concatenate([self.peak_y, other.peak_y]),
             np.concatenate([self.peak_value, other.peak_value]),
             np.concatenate([self.peak_significance, other.peak_significance]),
             peak_start=np.zeros(1, np.int64),
@@ -334,8 +352,14 @@ class FootprintSet:
         labels = remap[self.labels]
         pk = keep[self.peak_footprint]
         return FootprintSet(
-            labels, self.bboxes[keep], self.npix[keep], remap[self.peak_footprint[pk] + 1].astype(np.int64) - 1,
-            self.peak_x[pk], self.peak_y[pk], self.peak_value[pk], self.peak_significance[pk],
+            labels,
+            self.bboxes[keep],
+            self.npix[keep],
+            remap[self.peak_footprint[pk] + 1].astype(np.int64) - 1,
+            self.peak_x[pk],
+            self.peak_y[pk],
+            self.peak_value[pk],
+            self.peak_significance[pk],
         )
 
     def set_mask(self, mask: np.ndarray, bit: int) -> None:

@@ -141,7 +141,7 @@ def gaussian_centroids(img, nr, labels, own, var, xs, ys, sigmas, max_iter):  # 
         y = py
         L = own[i]
         converged = False
-        for it in range(max_iter):
+        for _ in range(max_iter):
             cx = int(math.floor(x + 0.5))
             cy = int(math.floor(y + 0.5))
             x0 = max(cx - r, 0)
@@ -230,8 +230,9 @@ def _inv4(a):  # pragma: no cover - compiled
 
 
 @numba.njit(**_NB)
-def adaptive_moments(img, nr, labels, own, var, xs, ys, sxx0, syy0, max_iter, tol1, tol2, max_shift,
-                     max_radius):  # pragma: no cover - compiled
+def adaptive_moments(
+    img, nr, labels, own, var, xs, ys, sxx0, syy0, max_iter, tol1, tol2, max_shift, max_radius
+):  # pragma: no cover - compiled
     """Adaptive (matched elliptical Gaussian) moments, SdssShape-style.
 
     The weight's covariance W is updated by deconvolving the measured weighted moments M
@@ -445,7 +446,9 @@ def adaptive_moments(img, nr, labels, own, var, xs, ys, sxx0, syy0, max_iter, to
 
 @numba.njit(**_NB)
 def fixed_gaussian_fluxes(img, nr, labels, own, var, xs, ys, wxx, wyy, wxy, max_radius):  # pragma: no cover
-    """Flux with a fixed elliptical Gaussian weight (GaussianFlux): ``sum(w I) * 2 pi sqrt(det W) / sum(w^2)``.
+    """Flux with a fixed elliptical Gaussian weight (GaussianFlux).
+
+    ``flux = sum(w I) * 2 pi sqrt(det W) / sum(w^2)``.
 
     Unbiased for a Gaussian source of covariance W.  Returns flux, fluxErr, failed.
     """
@@ -682,7 +685,43 @@ def _row_cumsum(a):  # pragma: no cover - compiled
 
 
 @numba.njit(**_NB)
-def aperture_fluxes(img, nr, labels, own, var, xs, ys, radii, own_bbox, max_exact_radius):  # pragma: no cover
+def _overlap_moment(dx, dy, r):  # pragma: no cover - compiled
+    """First moment (about the pixel centre) of the part of pixel (dx, dy) inside the circle of radius r."""
+    ns = 4
+    mx = 0.0
+    my = 0.0
+    r2 = r * r
+    for a in range(ns):
+        oy = (a + 0.5) / ns - 0.5
+        py = dy + oy
+        for b in range(ns):
+            ox = (b + 0.5) / ns - 0.5
+            px = dx + ox
+            if px * px + py * py <= r2:
+                mx += ox
+                my += oy
+    return mx / (ns * ns), my / (ns * ns)
+
+
+@numba.njit(**_NB)
+def _gradient(img, nr, labels, own, yy, xx):  # pragma: no cover - compiled
+    """Central-difference gradient of the (noise-replaced) image at a pixel (one-sided at the border)."""
+    ny, nx = img.shape
+    xa = max(xx - 1, 0)
+    xb = min(xx + 1, nx - 1)
+    ya = max(yy - 1, 0)
+    yb = min(yy + 1, ny - 1)
+    gx = 0.0
+    gy = 0.0
+    if xb > xa:
+        gx = (_pix(img, nr, labels, own, yy, xb) - _pix(img, nr, labels, own, yy, xa)) / (xb - xa)
+    if yb > ya:
+        gy = (_pix(img, nr, labels, own, yb, xx) - _pix(img, nr, labels, own, ya, xx)) / (yb - ya)
+    return gx, gy
+
+
+@numba.njit(**_NB)
+def aperture_fluxes(img, nr, labels, own, var, xs, ys, radii, own_bbox, max_exact_radius, subpixel):  # noqa: E501  # pragma: no cover
     """Circular aperture sums at every radius: exact overlap for ``r <= max_exact_radius``, else whole pixels
     whose centres lie inside the circle (LSST: sinc photometry up to ``maxSincRadius``, naive sums beyond).
 
@@ -709,6 +748,7 @@ def aperture_fluxes(img, nr, labels, own, var, xs, ys, radii, own_bbox, max_exac
         yc = ys[i]
         if not (np.isfinite(xc) and np.isfinite(yc)):
             continue
+        L = own[i]
         for k in range(m):
             r = radii[k]
             if xc - r < -0.5 or yc - r < -0.5 or xc + r > nx - 0.5 or yc + r > ny - 0.5:
@@ -752,20 +792,21 @@ def aperture_fluxes(img, nr, labels, own, var, xs, ys, radii, own_bbox, max_exac
                 else:
                     lo_end = xb_any
                     hi_start = xb_any + 1
-                for xx in range(xa_any, lo_end + 1):
+                for xx in range(xa_any, xb_any + 1):
+                    if lo_end < xx < hi_start:
+                        continue
                     dx = xx - xc
                     f = circle_pixel_overlap(dx - 0.5, dx + 0.5, dy - 0.5, dy + 0.5, r)
                     tot += f * nr[yy, xx]
                     totv += f * f * var[yy, xx]
-                for xx in range(hi_start, xb_any + 1):
-                    dx = xx - xc
-                    f = circle_pixel_overlap(dx - 0.5, dx + 0.5, dy - 0.5, dy + 0.5, r)
-                    tot += f * nr[yy, xx]
-                    totv += f * f * var[yy, xx]
+                    if subpixel and f < 1.0:
+                        # first-order correction for the profile's slope across the cut pixel
+                        mx, my = _overlap_moment(dx, dy, r)
+                        gx, gy = _gradient(img, nr, labels, L, yy, xx)
+                        tot += gx * mx + gy * my
             fl[i, k] = tot
             fe[i, k] = totv
         # own footprint: add back (img - nr) with the overlap weights
-        L = own[i]
         bx0 = max(own_bbox[i, 0], 0)
         by0 = max(own_bbox[i, 1], 0)
         bx1 = min(own_bbox[i, 2], nx)
@@ -796,7 +837,7 @@ def aperture_fluxes(img, nr, labels, own, var, xs, ys, radii, own_bbox, max_exac
     return fl, fe, trunc
 
 
-# ---------------------------------------------------------------------------------------------- background / variance
+# ------------------------------------------------------------------------------ background / variance
 @numba.njit(**_NB)
 def _clipped_mean_std(buf, nbuf, nsigma, niter):  # pragma: no cover - compiled
     """Clipped mean and stdev: first pass around the median with a MAD width, then mean +- nsigma stdev."""
@@ -809,7 +850,7 @@ def _clipped_mean_std(buf, nbuf, nsigma, niter):  # pragma: no cover - compiled
     hw = nsigma * 1.4826 * mad
     mean = med
     std = 1.4826 * mad
-    for it in range(niter):
+    for _ in range(niter):
         s = 0.0
         s2 = 0.0
         c = 0
@@ -829,8 +870,10 @@ def _clipped_mean_std(buf, nbuf, nsigma, niter):  # pragma: no cover - compiled
 
 
 @numba.njit(**_NB)
-def local_backgrounds(img, nr, labels, own, mask, bad_bits, xs, ys, r_in, r_out, nsigma, niter):  # pragma: no cover
-    """Clipped mean and stdev of the (noise-replaced) pixels in an annulus; returns mean, std, noGoodPixels."""
+def local_backgrounds(
+    img, nr, labels, own, mask, bad_bits, xs, ys, r_in, r_out, nsigma, niter
+):  # pragma: no cover
+    """Clipped mean and stdev of the noise-replaced pixels in an annulus: mean, std, noGoodPixels."""
     ny, nx = img.shape
     n = xs.size
     mu = np.full(n, np.nan)

@@ -220,7 +220,7 @@ class AstrometryTask(Task):
                 if len(i_s) < cfg.minMatches:
                     raise TaskError(f"astrometry: too few matches ({len(i_s)}, need {cfg.minMatches})")
                 fit = self.wcsFitter.fitWcs(sx[i_s], sy[i_s], ref_ra[i_r], ref_dec[i_r], wcs, bbox,
-                                            sigma=ssig[i_s] if cfg.doWeightedFit else None)
+                                            sigma=ssig[i_s] if cfg.doWeightedFit else None, priorWcs=wcs0)
                 wcs = fit.wcs
                 scatter = fit.scatterOnSky
                 # Re-match with the new WCS.
@@ -232,7 +232,7 @@ class AstrometryTask(Task):
                 if float(np.max(d)) * pixscale < cfg.minMatchDistanceArcSec:
                     break
             fit = self.wcsFitter.fitWcs(sx[i_s], sy[i_s], ref_ra[i_r], ref_dec[i_r], wcs, bbox,
-                                            sigma=ssig[i_s] if cfg.doWeightedFit else None)
+                                            sigma=ssig[i_s] if cfg.doWeightedFit else None, priorWcs=wcs0)
             wcs = fit.wcs
             i_s, i_r = i_s[fit.used], i_r[fit.used]
             scatter = fit.scatterOnSky

@@ -57,6 +57,12 @@ SUMMARY_KEYWORDS = {
 }
 
 
+def _set(md, key: str, value, comment: str | None = None) -> None:
+    """Set a header keyword (HIERARCH for names longer than 8 characters, no warning)."""
+    name = f"HIERARCH {key}" if len(key) > 8 else key
+    md[name] = (value, comment if comment is not None else SUMMARY_KEYWORDS.get(key, ""))
+
+
 def _optional(modules: str | tuple[str, ...], name: str) -> type:
     """Import a peer's task class; a stand-in that fails at run time if it is not there yet."""
     exc: Exception | None = None
@@ -251,8 +257,8 @@ class CalibrateTask(Task):
             try:
                 ares = self.astrometry.run(sourceCat, exposure)
                 astromMatches, matchMeta, refCat = ares.matches, ares.matchMeta, ares.refCat
-                md["ASTRMRMS"] = (round(ares.rmsMas, 3), SUMMARY_KEYWORDS["ASTRMRMS"])
-                md["ASTRNMAT"] = (len(ares.matches.i_src), SUMMARY_KEYWORDS["ASTRNMAT"])
+                _set(md, "ASTRMRMS", round(ares.rmsMas, 3), SUMMARY_KEYWORDS["ASTRMRMS"])
+                _set(md, "ASTRNMAT", len(ares.matches.i_src), SUMMARY_KEYWORDS["ASTRNMAT"])
                 wcs_ok = True
             except TaskError as exc:
                 failure = str(exc)
@@ -282,9 +288,9 @@ class CalibrateTask(Task):
             add_calibrated_fluxes(sourceCat, photoCalib)
         self._summary(exposure, sourceCat, background, icSourceCat, photoCalib)
         calib_ok = failure is None
-        md["CALIB_OK"] = (calib_ok, SUMMARY_KEYWORDS["CALIB_OK"])
+        _set(md, "CALIB_OK", calib_ok, SUMMARY_KEYWORDS["CALIB_OK"])
         if failure:
-            md["CALIBERR"] = (failure[:68], SUMMARY_KEYWORDS["CALIBERR"])
+            _set(md, "CALIBERR", failure[:68], SUMMARY_KEYWORDS["CALIBERR"])
         srcMatch = srcMatchFull = None
         if astromMatches is not None and refCat is not None and len(astromMatches.i_src):
             srcMatch, srcMatchFull = make_match_tables(sourceCat, refCat, astromMatches, matchMeta)
@@ -294,8 +300,8 @@ class CalibrateTask(Task):
 
     def _fail(self, exposure, reason: str) -> None:
         md = exposure.metadata
-        md["CALIB_OK"] = (False, SUMMARY_KEYWORDS["CALIB_OK"])
-        md["CALIBERR"] = (reason[:68], SUMMARY_KEYWORDS["CALIBERR"])
+        _set(md, "CALIB_OK", False, SUMMARY_KEYWORDS["CALIB_OK"])
+        _set(md, "CALIBERR", reason[:68], SUMMARY_KEYWORDS["CALIBERR"])
         self.metadata["failure"] = reason
         self.log.error("Calibration failed: %s", reason)
         if not self.config.doWriteUncalibratedOnFailure:
@@ -383,12 +389,12 @@ class CalibrateTask(Task):
         exptime = self._exptime(exposure)
         magzero = pres.zp - 2.5 * math.log10(exptime) + pres.apToTotal if exptime > 0 else pres.zp
         md = exposure.metadata
-        md["MAGZERO"] = (round(magzero, 5), SUMMARY_KEYWORDS["MAGZERO"])
-        md["MAGZERO_RMS"] = (round(pres.sigma, 5), SUMMARY_KEYWORDS["MAGZERO_RMS"])
-        md["MAGZERO_NOBJ"] = (int(pres.ngood), SUMMARY_KEYWORDS["MAGZERO_NOBJ"])
-        md["MAGZERO_APCORR"] = (round(pres.apToTotal, 5), "[mag] aperture-to-total term in MAGZERO")
+        _set(md, "MAGZERO", round(magzero, 5), SUMMARY_KEYWORDS["MAGZERO"])
+        _set(md, "MAGZERO_RMS", round(pres.sigma, 5), SUMMARY_KEYWORDS["MAGZERO_RMS"])
+        _set(md, "MAGZERO_NOBJ", int(pres.ngood), SUMMARY_KEYWORDS["MAGZERO_NOBJ"])
+        _set(md, "MAGZERO_APCORR", round(pres.apToTotal, 5), "[mag] aperture-to-total term in MAGZERO")
         for i, c in enumerate(pres.colorterm):
-            md[f"COLORTERM{i + 1}"] = (float(c), f"colour term c{i}")
+            _set(md, f"COLORTERM{i + 1}", float(c), f"colour term c{i}")
         self.metadata.update({"MAGZERO": magzero, "MAGZERO_RMS": pres.sigma, "MAGZERO_NOBJ": pres.ngood})
         return pres.photoCalib
 
@@ -414,9 +420,9 @@ class CalibrateTask(Task):
                 ixx, iyy, ixy = psf.compute_shape(cx, cy)
                 sigma = float((ixx * iyy - ixy**2) ** 0.25)
                 ell = float(math.sqrt((ixx - iyy) ** 2 + 4 * ixy**2) / (ixx + iyy))
-                md["PSFSIGMA"] = (round(sigma, 4), SUMMARY_KEYWORDS["PSFSIGMA"])
-                md["PSFFWHM"] = (round(2.3548 * sigma * pixscale, 4), SUMMARY_KEYWORDS["PSFFWHM"])
-                md["PSFELLIP"] = (round(ell, 4), SUMMARY_KEYWORDS["PSFELLIP"])
+                _set(md, "PSFSIGMA", round(sigma, 4), SUMMARY_KEYWORDS["PSFSIGMA"])
+                _set(md, "PSFFWHM", round(2.3548 * sigma * pixscale, 4), SUMMARY_KEYWORDS["PSFFWHM"])
+                _set(md, "PSFELLIP", round(ell, 4), SUMMARY_KEYWORDS["PSFELLIP"])
                 k = np.asarray(psf.compute_kernel_image(cx, cy), float)
                 neff = float(k.sum() ** 2 / np.sum(k**2))
             except Exception as exc:  # a PSF model that cannot be evaluated must not lose the calexp
@@ -425,7 +431,7 @@ class CalibrateTask(Task):
             try:
                 bg = background.get_image((ny, nx)) if hasattr(background, "get_image") else None
                 if bg is not None:
-                    md["SKYLEVEL"] = (round(float(np.mean(bg)), 3), SUMMARY_KEYWORDS["SKYLEVEL"])
+                    _set(md, "SKYLEVEL", round(float(np.mean(bg)), 3), SUMMARY_KEYWORDS["SKYLEVEL"])
             except Exception as exc:
                 self.log.warning("background summary failed: %s", exc)
         img = np.asarray(exposure.image)[::4, ::4]
@@ -439,12 +445,12 @@ class CalibrateTask(Task):
             from astropy.stats import sigma_clipped_stats
 
             _, _, noise = sigma_clipped_stats(vals, sigma=3.0, maxiters=5)
-            md["SKYNOISE"] = (round(float(noise), 4), SUMMARY_KEYWORDS["SKYNOISE"])
+            _set(md, "SKYNOISE", round(float(noise), 4), SUMMARY_KEYWORDS["SKYNOISE"])
         if icSourceCat is not None and "calib_psf_used" in icSourceCat.colnames:
-            md["NPSFSTAR"] = (int(np.sum(icSourceCat["calib_psf_used"])), SUMMARY_KEYWORDS["NPSFSTAR"])
+            _set(md, "NPSFSTAR", int(np.sum(icSourceCat["calib_psf_used"])), SUMMARY_KEYWORDS["NPSFSTAR"])
         if photoCalib is not None and np.isfinite(noise) and np.isfinite(neff) and noise > 0:
             flux5 = 5.0 * noise * math.sqrt(neff)
-            md["LIMMAG5"] = (round(float(photoCalib.instflux_to_magnitude(flux5)), 4), SUMMARY_KEYWORDS["LIMMAG5"])
+            _set(md, "LIMMAG5", round(float(photoCalib.instflux_to_magnitude(flux5)), 4), SUMMARY_KEYWORDS["LIMMAG5"])
 
     # ----------------------------------------------------------------------------------------------
     def runDataRef(self, dataRef, exposure=None, background=None, icSourceCat=None, doUnpersist: bool = True):

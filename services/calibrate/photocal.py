@@ -15,7 +15,7 @@ import math
 import numpy as np
 from astropy.table import Table
 
-from calexpress.config import Config, ConfigDictField, DictField, Field, RangeField
+from calexpress.config import ChoiceField, Config, ConfigDictField, DictField, Field, RangeField
 from calexpress.photocalib import AB_ZERO_POINT_NJY, PhotoCalib
 from calexpress.task import Struct, Task, TaskError
 
@@ -178,10 +178,23 @@ class PhotoCalConfig(Config):
     )
     doUnresolved = Field(dtype=bool, default=True, doc="Require base_ClassificationExtendedness_value < 0.5")
     minStars = RangeField(dtype=int, default=3, min=1, doc="Fail with fewer usable stars")
+    apertureToTotal = ChoiceField(
+        dtype=str, default="none",
+        doc="calexpress: correction of MAGZERO from the calibration aperture to total flux "
+        "(the PhotoCalib itself stays on the calibration-aperture scale, as in LSST)",
+        allowed={
+            "none": "MAGZERO refers to fluxField (LSST)",
+            "psfModel": "divide by the fraction of the PSF model inside calibApertureRadius",
+            "catalog": "median totalFluxField/fluxField over the brightest used stars",
+        },
+    )
+    psfModelTail = Field(
+        dtype=bool, default=True, doc="psfModel: add a power-law extrapolation of the PSF beyond its stamp"
+    )
+    calibApertureRadius = RangeField(dtype=float, default=12.0, min=0, doc="Radius of fluxField (pixels)")
     totalFluxField = Field(
-        dtype=str, default=None, optional=True,
-        doc="calexpress: large-aperture flux for the aperture-to-total correction of MAGZERO "
-        "(median ratio over the brightest stars); None = no correction",
+        dtype=str, default="base_CircularApertureFlux_35_0_instFlux",
+        doc="Large-aperture flux used by apertureToTotal='catalog'",
     )
     totalFluxNumStars = RangeField(dtype=int, default=25, min=3, doc="Brightest stars used for totalFluxField")
 
@@ -295,8 +308,10 @@ class PhotoCalTask(Task):
         used = np.zeros(len(sourceCat), bool)
         used[i_src[idx[zp.good]]] = True
         ap_to_total = 0.0
-        if cfg.totalFluxField:
+        if cfg.apertureToTotal == "catalog":
             ap_to_total = self._aperture_to_total(sourceCat, i_src[idx[zp.good]], flux[idx[zp.good]])
+        elif cfg.apertureToTotal == "psfModel":
+            ap_to_total = self._psf_aperture_to_total(exposure)
         photoCalib = PhotoCalib.from_zero_point(zp.zp, zp.sigma)
         self.log.info("Magnitude zero point: %.4f +/- %.4f from %d stars (rms %.4f)", zp.zp, zp.sigma,
                       zp.ngood, zp.rms)
@@ -324,8 +339,52 @@ class PhotoCalTask(Task):
         lib.data = data
         return lib
 
+    def _psf_aperture_to_total(self, exposure) -> float:
+        """``−2.5 log10(f)``, f = fraction of the PSF model (at the detector centre) inside the aperture."""
+        psf = getattr(exposure, "psf", None)
+        if psf is None:
+            raise TaskError("photometric calibration: apertureToTotal='psfModel' needs a PSF")
+        ny, nx = exposure.image.shape
+        k = np.asarray(psf.compute_kernel_image((nx - 1) / 2.0, (ny - 1) / 2.0), float)
+        n = k.shape[0]
+        sub = 5  # sub-sample each pixel to integrate the circle edge
+        off = (np.arange(sub) + 0.5) / sub - 0.5
+        yy, xx = np.indices(k.shape) - n // 2
+        inside = np.zeros(k.shape)
+        for dy in off:
+            for dx in off:
+                inside += np.hypot(xx + dx, yy + dy) <= self.config.calibApertureRadius
+        r = np.hypot(xx, yy)
+        rmax = n // 2 + 0.5
+        total = float(np.sum(k[r <= rmax])) + self._psf_tail(k, r, rmax)
+        frac = float(np.sum(k * inside / sub**2)) / total
+        self.log.debug("PSF model: fraction %.5f inside r=%.1f (tail beyond %.1f px: %.5f)", frac,
+                       self.config.calibApertureRadius, rmax, total - float(np.sum(k[r <= rmax])))
+        return -2.5 * math.log10(frac)
+
+    def _psf_tail(self, k: np.ndarray, r: np.ndarray, rmax: float) -> float:
+        """Flux of the PSF beyond ``rmax``: power-law fit ``I ∝ r^-α`` to the outer half of the model."""
+        if not self.config.psfModelTail:
+            return 0.0
+        edges = np.arange(max(rmax / 2.0, 3.0), rmax + 1e-9, 1.0)
+        rad, val = [], []
+        for a, b in zip(edges[:-1], edges[1:]):
+            ring = (r >= a) & (r < b)
+            if ring.any():
+                m = float(np.mean(k[ring]))
+                if m > 0:
+                    rad.append(0.5 * (a + b))
+                    val.append(m)
+        if len(rad) < 3:
+            return 0.0
+        slope, icpt = np.polyfit(np.log(rad), np.log(val), 1)
+        alpha = -slope
+        if not alpha > 2.2:  # too shallow to extrapolate safely
+            return 0.0
+        return float(2 * np.pi * math.exp(icpt) * rmax ** (2 - alpha) / (alpha - 2))
+
     def _aperture_to_total(self, sourceCat: Table, rows: np.ndarray, calib_flux: np.ndarray) -> float:
-        """Median −2.5 log10(total/calib) over the brightest used stars (mag; negative = brighter)."""
+        """2.5 log10(median total/calib) over the brightest used stars (mag, positive)."""
         try:
             total = _column(sourceCat, self.config.totalFluxField)[rows].astype(float)
         except KeyError:
@@ -337,4 +396,4 @@ class PhotoCalTask(Task):
         if len(order) < 3:
             return 0.0
         ratio = total[ok][order] / calib_flux[ok][order]
-        return float(-2.5 * np.log10(np.median(ratio)))
+        return float(2.5 * np.log10(np.median(ratio)))

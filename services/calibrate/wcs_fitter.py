@@ -66,6 +66,8 @@ def fit_tan_sip(
     crval: tuple[float, float],
     bbox: tuple[float, float, float, float],
     weights: np.ndarray | None = None,
+    prior_wcs: WCS | None = None,
+    prior_sigma_pix: float = 0.0,
 ) -> WCS:
     """Fit a TAN-SIP WCS (pixel origin 0) to matched pixel and sky positions.
 
@@ -83,6 +85,13 @@ def fit_tan_sip(
         Initial tangent point (degrees); refined by the fit.
     bbox : (x0, y0, width, height)
         Region used to fit the inverse (AP/BP) polynomials.
+    weights : array, optional
+        ``1/sigma`` per match, sigma in pixels.
+    prior_wcs : `astropy.wcs.WCS`, optional
+        A WCS whose SIP distortion (A/B) is a prior for the fitted one: every term of order >= 2 is
+        pulled towards it with an uncertainty of ``prior_sigma_pix`` pixels at 1000 pixels from CRPIX
+        (ridge regression).  Keeps poorly constrained high orders (corners, few stars) at the
+        camera's nominal distortion.
     """
     norm = 1000.0
     u = np.asarray(x, float) - crpix[0]
@@ -91,11 +100,37 @@ def fit_tan_sip(
     design = _design(u, v, terms, norm)
     w = np.ones(len(u)) if weights is None else np.asarray(weights, float)
     crval = (float(crval[0]), float(crval[1]))
+    prior_rows = None
+    if prior_wcs is not None and prior_wcs.sip is not None and prior_sigma_pix > 0 and order >= 2:
+        pscale = float(np.sqrt(abs(np.linalg.det(prior_wcs.pixel_scale_matrix))))  # deg / pixel
+        cd0 = prior_wcs.pixel_scale_matrix
+        pa, pb = prior_wcs.sip.a, prior_wcs.sip.b
+        idx, tx, ty = [], [], []
+        for k, (p, q) in enumerate(terms):
+            if p + q < 2:
+                continue
+            a_pq = pa[p, q] if p < pa.shape[0] and q < pa.shape[1] else 0.0
+            b_pq = pb[p, q] if p < pb.shape[0] and q < pb.shape[1] else 0.0
+            cxy = cd0 @ np.array([a_pq, b_pq]) * norm ** (p + q)
+            idx.append(k)
+            tx.append(cxy[0])
+            ty.append(cxy[1])
+        sig_deg = prior_sigma_pix * pscale
+        # data rows in units of 1/deg: weights are 1/sigma_pix
+        w = w / pscale
+        rows = np.zeros((len(idx), len(terms)))
+        rows[np.arange(len(idx)), idx] = 1.0 / sig_deg
+        prior_rows = (rows, np.array(tx) / sig_deg, np.array(ty) / sig_deg)
     for _ in range(3):
         xi, eta = gnomonic(ra_deg, dec_deg, crval)
         dw = design * w[:, None]
-        cx, *_ = np.linalg.lstsq(dw, xi * w, rcond=None)
-        cy, *_ = np.linalg.lstsq(dw, eta * w, rcond=None)
+        bx, by = xi * w, eta * w
+        if prior_rows is not None:
+            dw = np.vstack([dw, prior_rows[0]])
+            bx = np.concatenate([bx, prior_rows[1]])
+            by = np.concatenate([by, prior_rows[2]])
+        cx, *_ = np.linalg.lstsq(dw, bx, rcond=None)
+        cy, *_ = np.linalg.lstsq(dw, by, rcond=None)
         if abs(cx[0]) < 1e-12 and abs(cy[0]) < 1e-12:
             break
         crval = _deproject(cx[0], cy[0], crval)
@@ -156,6 +191,11 @@ class FitTanSipWcsConfig(Config):
         dtype=bool, default=True,
         doc="Use at least the SIP order of the prior WCS (calexpress; keeps a known cubic distortion)",
     )
+    distortionPriorSigma = RangeField(
+        dtype=float, default=0.01, min=0,
+        doc="calexpress: when the initial WCS has SIP terms, pull each fitted term of order >= 2 towards "
+        "them with this uncertainty (pixels, at 1000 px from CRPIX); 0 = free fit",
+    )
     numIter = RangeField(dtype=int, default=3, min=1, doc="Number of fit iterations (per rejection pass)")
     numRejIter = RangeField(dtype=int, default=1, min=0, doc="Number of outlier-rejection passes")
     rejSigma = RangeField(dtype=float, default=3.0, min=0, doc="Rejection threshold (sigma)")
@@ -177,10 +217,13 @@ class FitTanSipWcsTask(Task):
         initWcs: WCS,
         bbox: tuple[float, float, float, float],
         sigma: np.ndarray | None = None,
+        priorWcs: WCS | None = None,
     ) -> Struct:
         """Fit and return ``Struct(wcs, scatterOnSky (arcsec), used (bool mask), order)``.
 
         ``sigma`` (pixels, per match) weights the fit by ``1/sigma`` and scales the rejection.
+        ``priorWcs`` (default ``initWcs``) holds the camera's nominal distortion used as a prior
+        (``distortionPriorSigma``); ``initWcs`` only gives the starting tangent point.
 
         Raises
         ------
@@ -188,9 +231,10 @@ class FitTanSipWcsTask(Task):
             Too few matches for the order, a degenerate fit or scatter above ``maxScatterArcsec``.
         """
         cfg = self.config
+        prior = initWcs if priorWcs is None else priorWcs
         order = cfg.order
         if cfg.orderAtLeastPrior:
-            order = max(order, min(sip_order_of(initWcs), 5))
+            order = max(order, min(sip_order_of(prior), 5))
         nterms = (order + 1) * (order + 2) // 2
         n = len(x)
         requested = order
@@ -212,7 +256,8 @@ class FitTanSipWcsTask(Task):
             if used.sum() < max(2 * nterms, 6):
                 raise TaskError(f"degenerate WCS fit: {used.sum()} matches left after outlier rejection")
             wcs = fit_tan_sip(x[used], y[used], ra_deg[used], dec_deg[used], order, crpix, crval, bbox,
-                              weights=1.0 / sig[used])
+                              weights=1.0 / sig[used], prior_wcs=prior if cfg.distortionPriorSigma > 0 else None,
+                              prior_sigma_pix=cfg.distortionPriorSigma)
             cd = wcs.wcs.cd
             if not np.all(np.isfinite(cd)) or abs(np.linalg.det(cd)) < 1e-20:
                 raise TaskError("degenerate WCS fit: singular CD matrix")

@@ -9,8 +9,20 @@ from .star_selector import ObjectSizeStarSelectorConfig, ObjectSizeStarSelectorT
 from .subtract_background import SubtractBackgroundConfig, SubtractBackgroundTask
 
 __all__ = [
-    "ApplyApCorrConfig", "ApplyApCorrTask", "CharacterizeImageConfig", "CharacterizeImageTask",
-    "FindCosmicRaysConfig", "MeasureApCorrConfig", "MeasureApCorrTask", "MeasurePsfConfig", "MeasurePsfTask",
-    "ObjectSizeStarSelectorConfig", "ObjectSizeStarSelectorTask", "PsfexPsfDeterminerConfig", "RepairConfig",
-    "RepairTask", "SubtractBackgroundConfig", "SubtractBackgroundTask",
+    "ApplyApCorrConfig",
+    "ApplyApCorrTask",
+    "CharacterizeImageConfig",
+    "CharacterizeImageTask",
+    "FindCosmicRaysConfig",
+    "MeasureApCorrConfig",
+    "MeasureApCorrTask",
+    "MeasurePsfConfig",
+    "MeasurePsfTask",
+    "ObjectSizeStarSelectorConfig",
+    "ObjectSizeStarSelectorTask",
+    "PsfexPsfDeterminerConfig",
+    "RepairConfig",
+    "RepairTask",
+    "SubtractBackgroundConfig",
+    "SubtractBackgroundTask",
 ]

@@ -1,4 +1,4 @@
-"""Aperture corrections: measure (``MeasureApCorrTask``) and apply (``ApplyApCorrTask``), ``lsst_processccd.md`` 2.8.
+"""Aperture corrections: ``MeasureApCorrTask`` and ``ApplyApCorrTask`` (``lsst_processccd.md`` 2.8).
 
 The aperture correction of a flux ``<name>_instFlux`` is the ratio ``refFlux / flux`` of the reference
 (12-px aperture, ``slot_CalibFlux``) to that flux for the PSF stars, fitted over the detector with a
@@ -15,8 +15,13 @@ from calexpress.fields import ChebyshevBoundedField
 from calexpress.geom import Box
 from calexpress.task import Struct, Task, TaskError, timeMethod
 
-__all__ = ["ApplyApCorrConfig", "ApplyApCorrTask", "MeasureApCorrConfig", "MeasureApCorrTask",
-           "DEFAULT_APCORR_NAMES"]
+__all__ = [
+    "ApplyApCorrConfig",
+    "ApplyApCorrTask",
+    "MeasureApCorrConfig",
+    "MeasureApCorrTask",
+    "DEFAULT_APCORR_NAMES",
+]
 
 #: Fluxes registered with ``shouldApCorr=True`` in LSST's default plugins.
 DEFAULT_APCORR_NAMES = ["base_PsfFlux", "base_GaussianFlux"]
@@ -25,8 +30,12 @@ DEFAULT_APCORR_NAMES = ["base_PsfFlux", "base_GaussianFlux"]
 class MeasureApCorrConfig(Config):
     """LSST ``MeasureApCorrConfig`` (fitConfig flattened: ``orderX``, ``orderY``, ``triangular``)."""
 
-    refFluxName = Field(dtype=str, default="base_CircularApertureFlux_12_0", doc="Reference flux (slot_CalibFlux)")
-    sourceSelectorFlag = Field(dtype=str, default="calib_psf_used", doc="Sources used (the 'flagged' selector)")
+    refFluxName = Field(
+        dtype=str, default="base_CircularApertureFlux_12_0", doc="Reference flux (slot_CalibFlux)"
+    )
+    sourceSelectorFlag = Field(
+        dtype=str, default="calib_psf_used", doc="Sources used (the 'flagged' selector)"
+    )
     minDegreesOfFreedom = Field(dtype=int, default=1, doc="Reduce the order until N - nterms >= this")
     orderX = Field(dtype=int, default=2, doc="Chebyshev order in x")
     orderY = Field(dtype=int, default=2, doc="Chebyshev order in y")
@@ -34,8 +43,11 @@ class MeasureApCorrConfig(Config):
     numIter = Field(dtype=int, default=4, doc="Clipping iterations")
     numSigmaClip = Field(dtype=float, default=3.0, doc="Clipping threshold (sigma)")
     allowFailure = ListField(dtype=str, default=[], doc="Flux names whose failure is only logged")
-    doWeight = Field(dtype=bool, default=True,
-                     doc="calexpress: weight the fit by 1/(sigma_ratio^2 + weightFloor^2) (LSST: unweighted)")
+    doWeight = Field(
+        dtype=bool,
+        default=True,
+        doc="calexpress: weight the fit by 1/(sigma_ratio^2 + weightFloor^2) (LSST: unweighted)",
+    )
     weightFloor = Field(dtype=float, default=0.005, doc="Relative error added in quadrature to each ratio")
     fluxNames = ListField(dtype=str, default=list(DEFAULT_APCORR_NAMES), doc="Fluxes to correct")
 
@@ -61,8 +73,11 @@ class MeasureApCorrTask(Task):
         x = np.asarray(catalog[f"{centroidField}_x"], float)
         y = np.asarray(catalog[f"{centroidField}_y"], float)
         ref = np.asarray(catalog[f"{cfg.refFluxName}_instFlux"], float)
-        ref_err = np.asarray(catalog[f"{cfg.refFluxName}_instFluxErr"], float) \
-            if f"{cfg.refFluxName}_instFluxErr" in catalog.colnames else np.zeros(len(catalog))
+        ref_err = (
+            np.asarray(catalog[f"{cfg.refFluxName}_instFluxErr"], float)
+            if f"{cfg.refFluxName}_instFluxErr" in catalog.colnames
+            else np.zeros(len(catalog))
+        )
         ref_ok = np.isfinite(ref) & (ref > 0)
         if f"{cfg.refFluxName}_flag" in catalog.colnames:
             ref_ok &= ~np.asarray(catalog[f"{cfg.refFluxName}_flag"], bool)
@@ -77,8 +92,11 @@ class MeasureApCorrTask(Task):
             good = selected & np.isfinite(flux) & (flux > 0)
             if f"{name}_flag" in catalog.colnames:
                 good &= ~np.asarray(catalog[f"{name}_flag"], bool)
-            flux_err = np.asarray(catalog[f"{col}Err"], float) if f"{col}Err" in catalog.colnames \
+            flux_err = (
+                np.asarray(catalog[f"{col}Err"], float)
+                if f"{col}Err" in catalog.colnames
                 else np.zeros(len(catalog))
+            )
             with np.errstate(invalid="ignore", divide="ignore"):
                 rel = np.sqrt((ref_err / ref) ** 2 + (flux_err / flux) ** 2 + cfg.weightFloor**2)
             weights = np.where(np.isfinite(rel) & (rel > 0), 1.0 / rel, 0.0) if cfg.doWeight else None
@@ -92,15 +110,20 @@ class MeasureApCorrTask(Task):
                 raise TaskError(msg) from exc
             ap_map[col] = field
             ap_map[f"{name}_instFluxErr"] = ChebyshevBoundedField(np.array([[rms]]), bbox)
-            catalog[f"apcorr_{name}_used"] = Column(used, description="set if source was used in measuring "
-                                                    f"aperture correction of {name}")
+            catalog[f"apcorr_{name}_used"] = Column(
+                used, description=f"set if source was used in measuring aperture correction of {name}"
+            )
             used_any |= used
             self.log.info("Aperture correction for %s: RMS %.4f from %d stars", name, rms, int(used.sum()))
-        catalog["apcorr_slot_CalibFlux_used"] = Column(used_any, description="set if source was used in "
-                                                       "measuring aperture correction of the reference flux")
+        catalog["apcorr_slot_CalibFlux_used"] = Column(
+            used_any,
+            description="set if source was used in measuring aperture correction of the reference flux",
+        )
         return Struct(apCorrMap=ap_map)
 
-    def _fit(self, x, y, ref, flux, good, bbox, weights=None) -> tuple[ChebyshevBoundedField, float, np.ndarray]:
+    def _fit(
+        self, x, y, ref, flux, good, bbox, weights=None
+    ) -> tuple[ChebyshevBoundedField, float, np.ndarray]:
         cfg = self.config
         n = int(good.sum())
         ox, oy = cfg.orderX, cfg.orderY
@@ -117,7 +140,9 @@ class MeasureApCorrTask(Task):
         z = ref[idx] / flux[idx]
         keep = np.ones(len(idx), bool)
         w = None if weights is None else weights[idx]
-        field = ChebyshevBoundedField.fit(x[idx], y[idx], z, bbox, ox, oy, triangular=cfg.triangular, weights=w)
+        field = ChebyshevBoundedField.fit(
+            x[idx], y[idx], z, bbox, ox, oy, triangular=cfg.triangular, weights=w
+        )
         rms = float(np.std(z - field.evaluate(x[idx], y[idx])))
         for _ in range(cfg.numIter):
             resid = z - field.evaluate(x[idx], y[idx])
@@ -133,8 +158,16 @@ class MeasureApCorrTask(Task):
             if new.sum() - nterms(ox, oy) < cfg.minDegreesOfFreedom:
                 break
             keep = new
-            field = ChebyshevBoundedField.fit(x[idx][keep], y[idx][keep], z[keep], bbox, ox, oy,
-                                              triangular=cfg.triangular, weights=None if w is None else w[keep])
+            field = ChebyshevBoundedField.fit(
+                x[idx][keep],
+                y[idx][keep],
+                z[keep],
+                bbox,
+                ox,
+                oy,
+                triangular=cfg.triangular,
+                weights=None if w is None else w[keep],
+            )
         resid = z - field.evaluate(x[idx], y[idx])
         rms = float(np.sqrt(np.mean(resid[keep] ** 2)))
         used = np.zeros(len(x), bool)
@@ -182,14 +215,20 @@ class ApplyApCorrTask(Task):
             xs = np.where(np.isfinite(x), x, 0.0)
             ys = np.where(np.isfinite(y), y, 0.0)
             corr = np.atleast_1d(np.asarray(field.evaluate(xs, ys), float)) if len(catalog) else np.zeros(0)
-            corr_err = (np.atleast_1d(np.asarray(err_field.evaluate(xs, ys), float))
-                        if err_field is not None and len(catalog) else np.zeros(len(catalog)))
+            corr_err = (
+                np.atleast_1d(np.asarray(err_field.evaluate(xs, ys), float))
+                if err_field is not None and len(catalog)
+                else np.zeros(len(catalog))
+            )
             bad = ~np.isfinite(corr) | (corr <= 0) | ~np.isfinite(x) | ~np.isfinite(y)
             corr = np.where(bad, 1.0, corr)
             catalog[f"{name}_apCorr"] = Column(corr, description=f"aperture correction applied to {name}")
-            catalog[f"{name}_apCorrErr"] = Column(corr_err, description=f"standard deviation of aperture "
-                                                  f"correction applied to {name}")
-            catalog[f"{name}_flag_apCorr"] = Column(bad, description=f"set if unable to aperture correct {name}")
+            catalog[f"{name}_apCorrErr"] = Column(
+                corr_err, description=f"standard deviation of aperture correction applied to {name}"
+            )
+            catalog[f"{name}_flag_apCorr"] = Column(
+                bad, description=f"set if unable to aperture correct {name}"
+            )
             catalog[f"{name}_instFlux"][:] = np.asarray(catalog[f"{name}_instFlux"], float) * corr
             if f"{name}_instFluxErr" in catalog.colnames:
                 catalog[f"{name}_instFluxErr"][:] = np.asarray(catalog[f"{name}_instFluxErr"], float) * corr

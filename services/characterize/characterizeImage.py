@@ -34,8 +34,12 @@ from .cosmic_rays import RepairTask
 from .measure_psf import MeasurePsfTask
 from .subtract_background import SubtractBackgroundTask
 
-__all__ = ["CharacterizeImageConfig", "CharacterizeImageTask", "InstallGaussianPsfConfig",
-           "exposure_id_info_for"]
+__all__ = [
+    "CharacterizeImageConfig",
+    "CharacterizeImageTask",
+    "InstallGaussianPsfConfig",
+    "exposure_id_info_for",
+]
 
 _FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 
@@ -67,7 +71,9 @@ class CharacterizeImageConfig(Config):
     psfIterations = RangeField(dtype=int, default=2, min=1, doc="Passes of detect / measure / fit PSF")
     background = ConfigurableField(target=SubtractBackgroundTask, doc="Initial background subtraction")
     detection = ConfigurableField(target=SourceDetectionTask, doc="Source detection")
-    doDeblend = Field(dtype=bool, default=False, doc="Deblend (not supported in charImage, as LSST's default)")
+    doDeblend = Field(
+        dtype=bool, default=False, doc="Deblend (not supported in charImage, as LSST's default)"
+    )
     measurement = ConfigurableField(target=SingleFrameMeasurementTask, doc="Source measurement")
     doApCorr = Field(dtype=bool, default=True, doc="Measure and apply aperture corrections")
     measureApCorr = ConfigurableField(target=MeasureApCorrTask, doc="Measure aperture corrections")
@@ -78,10 +84,13 @@ class CharacterizeImageConfig(Config):
     measurePsf = ConfigurableField(target=MeasurePsfTask, doc="Star selection and PSF determination")
     repair = ConfigurableField(target=RepairTask, doc="Cosmic-ray repair")
     requireCrForPsf = Field(dtype=bool, default=True, doc="Fail if CR detection fails during the PSF loop")
-    doRemoveCrSources = Field(dtype=bool, default=True,
-                              doc="calexpress: drop sources touching a cosmic ray whose PSF-flux S/N after the "
-                                  "CR repair is below crSourceSnrFraction x the detection include threshold "
-                                  "(thresholdValue x includeThresholdMultiplier): the CR itself was detected")
+    doRemoveCrSources = Field(
+        dtype=bool,
+        default=True,
+        doc="calexpress: drop sources touching a cosmic ray whose PSF-flux S/N after the "
+        "CR repair is below crSourceSnrFraction x the detection include threshold "
+        "(thresholdValue x includeThresholdMultiplier): the CR itself was detected",
+    )
     crSourceSnrFraction = Field(dtype=float, default=0.5, doc="See doRemoveCrSources")
     checkUnitsParseStrict = Field(dtype=str, default="raise", doc="Kept for LSST compatibility (unused)")
 
@@ -112,17 +121,28 @@ class CharacterizeImageTask(Task):
     ConfigClass = CharacterizeImageConfig
     _DefaultName = "charImage"
 
-    def __init__(self, butler: Any = None, refObjLoader: Any = None, schema: Any = None, **kwargs: Any) -> None:
+    def __init__(
+        self, butler: Any = None, refObjLoader: Any = None, schema: Any = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
-        for name in ("background", "detection", "measurement", "measurePsf", "repair", "measureApCorr",
-                     "applyApCorr", "catalogCalculation"):
+        for name in (
+            "background",
+            "detection",
+            "measurement",
+            "measurePsf",
+            "repair",
+            "measureApCorr",
+            "applyApCorr",
+            "catalogCalculation",
+        ):
             self.makeSubtask(name)
         self.timings: dict[str, float] = {}
 
     # ------------------------------------------------------------------------------------------
     @timeMethod
-    def runDataRef(self, dataRef: Any, exposure: Any = None, background: Any = None,
-                   doUnpersist: bool = True) -> Struct:
+    def runDataRef(
+        self, dataRef: Any, exposure: Any = None, background: Any = None, doUnpersist: bool = True
+    ) -> Struct:
         """Characterise the exposure of ``dataRef``; write ``icSrc`` (and ``icExp``, ``icExpBackground``).
 
         Parameters
@@ -150,8 +170,12 @@ class CharacterizeImageTask(Task):
         return res
 
     @timeMethod
-    def run(self, exposure: Any, exposureIdInfo: ExposureIdInfo | None = None,
-            background: BackgroundList | None = None) -> Struct:
+    def run(
+        self,
+        exposure: Any,
+        exposureIdInfo: ExposureIdInfo | None = None,
+        background: BackgroundList | None = None,
+    ) -> Struct:
         """Characterise ``exposure`` in place (see the module docstring).
 
         Returns
@@ -185,8 +209,15 @@ class CharacterizeImageTask(Task):
             dme = self.detectMeasureAndEstimatePsf(exposure, exposureIdInfo, background)
             psf = exposure.psf
             sigma = psf.determinant_radius()
-            self.log.info("iter %d; PSF sigma=%0.2f, dimensions=%dx%d; median background=%0.2f", i + 1, sigma,
-                          psf.size, psf.size, float(np.median(background.get_image(exposure.shape)[::64, ::64])))
+            median_bg = float(sum(np.nanmedian(c.values) for c in background))
+            self.log.info(
+                "iter %d; PSF sigma=%0.2f, dimensions=%dx%d; median background=%0.2f",
+                i + 1,
+                sigma,
+                psf.size,
+                psf.size,
+                median_bg,
+            )
 
         t0 = time.perf_counter()
         crRes = self.repair.run(exposure=exposure)
@@ -213,12 +244,14 @@ class CharacterizeImageTask(Task):
         catalog = _icsrc_table(catalog)
 
         self._set_metadata(exposure, catalog, crRes)
-        return Struct(exposure=exposure, sourceCat=catalog, background=background, psfCellSet=None,
-                      timings=dict(t))
+        return Struct(
+            exposure=exposure, sourceCat=catalog, background=background, psfCellSet=None, timings=dict(t)
+        )
 
     @timeMethod
-    def detectMeasureAndEstimatePsf(self, exposure: Any, exposureIdInfo: ExposureIdInfo,
-                                    background: BackgroundList) -> Struct:
+    def detectMeasureAndEstimatePsf(
+        self, exposure: Any, exposureIdInfo: ExposureIdInfo, background: BackgroundList
+    ) -> Struct:
         """One pass of simple PSF → CR finding → detection → measurement → PSF determination."""
         cfg = self.config
         t = self.timings
@@ -291,11 +324,25 @@ class CharacterizeImageTask(Task):
         e2 = 2 * ixy / tr if tr > 0 else float("nan")
         sigma = float((ixx * iyy - ixy * ixy) ** 0.25)
         nused = int(np.sum(catalog["calib_psf_used"])) if "calib_psf_used" in catalog.colnames else 0
-        self.metadata.update(numPsfStars=nused, psfSigma=sigma, psfFwhm=sigma * _FWHM_PER_SIGMA,
-                             psfE1=float(e1), psfE2=float(e2), numCosmicRays=int(crRes.nCr),
-                             numCosmicRayPixels=int(crRes.nPixels), numSources=len(catalog))
-        self.log.info("PSF from %d stars: FWHM %.3f px, e1 %.4f, e2 %.4f; %d cosmic rays; %d sources",
-                      nused, sigma * _FWHM_PER_SIGMA, e1, e2, crRes.nCr, len(catalog))
+        self.metadata.update(
+            numPsfStars=nused,
+            psfSigma=sigma,
+            psfFwhm=sigma * _FWHM_PER_SIGMA,
+            psfE1=float(e1),
+            psfE2=float(e2),
+            numCosmicRays=int(crRes.nCr),
+            numCosmicRayPixels=int(crRes.nPixels),
+            numSources=len(catalog),
+        )
+        self.log.info(
+            "PSF from %d stars: FWHM %.3f px, e1 %.4f, e2 %.4f; %d cosmic rays; %d sources",
+            nused,
+            sigma * _FWHM_PER_SIGMA,
+            e1,
+            e2,
+            crRes.nCr,
+            len(catalog),
+        )
 
 
 def _icsrc_table(catalog: Table) -> Table:

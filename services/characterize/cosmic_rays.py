@@ -34,7 +34,9 @@ class FindCosmicRaysConfig(Config):
     """Parameters of the cosmic-ray finder (LSST ``FindCosmicRaysConfig`` names and defaults)."""
 
     nCrPixelMax = Field(dtype=int, default=10000, doc="Maximum number of CR pixels (else error)")
-    minSigma = Field(dtype=float, default=6.0, doc="CR pixels must exceed a neighbour pair by this many sigma")
+    minSigma = Field(
+        dtype=float, default=6.0, doc="CR pixels must exceed a neighbour pair by this many sigma"
+    )
     min_DN = Field(dtype=float, default=150.0, doc="Minimum summed flux of a CR (image units)")
     cond3_fac = Field(dtype=float, default=2.5, doc="Noise fudge factor of condition 3 (sigma)")
     cond3_fac2 = Field(dtype=float, default=0.6, doc="PSF-ratio fudge factor of condition 3")
@@ -52,7 +54,9 @@ class RepairConfig(Config):
 
 
 @numba.njit(cache=True)
-def _candidates(img, var, badmask, intrp, bkgd, min_sigma, c3fac, thr_h, thr_v, thr_d, out):  # pragma: no cover
+def _candidates(
+    img, var, badmask, intrp, bkgd, min_sigma, c3fac, thr_h, thr_v, thr_d, out
+):  # pragma: no cover
     ny, nx = img.shape
     for y in range(1, ny - 1):
         for x in range(1, nx - 1):
@@ -79,8 +83,12 @@ def _candidates(img, var, badmask, intrp, bkgd, min_sigma, c3fac, thr_h, thr_v, 
             s_d1 = 0.5 * np.sqrt(max(var[y - 1, x - 1] + var[y + 1, x + 1], 0.0))
             s_d2 = 0.5 * np.sqrt(max(var[y - 1, x + 1] + var[y + 1, x - 1], 0.0))
             q = p - c3fac * s
-            if not (thr_h * q > m_h + c3fac * s_h or thr_v * q > m_v + c3fac * s_v
-                    or thr_d * q > m_d1 + c3fac * s_d1 or thr_d * q > m_d2 + c3fac * s_d2):
+            if not (
+                thr_h * q > m_h + c3fac * s_h
+                or thr_v * q > m_v + c3fac * s_v
+                or thr_d * q > m_d1 + c3fac * s_d1
+                or thr_d * q > m_d2 + c3fac * s_d2
+            ):
                 continue
             # condition 4: no interpolated neighbour
             ok = True
@@ -132,8 +140,9 @@ def _fill(img, excl, ys, xs, sigma, rmax):  # pragma: no cover - compiled
     return out
 
 
-def interpolate_pixels(image: np.ndarray, bad: np.ndarray, good: np.ndarray, sigma: float = 1.5,
-                       rmax: int = 64) -> np.ndarray:
+def interpolate_pixels(
+    image: np.ndarray, bad: np.ndarray, good: np.ndarray, sigma: float = 1.5, rmax: int = 64
+) -> np.ndarray:
     """Estimates at the ``bad`` pixels: Gaussian-weighted mean of the ``good`` pixels around each.
 
     The Gaussian (``sigma`` pixels) is widened by 2x until it reaches good pixels (at most ``rmax``).
@@ -141,17 +150,30 @@ def interpolate_pixels(image: np.ndarray, bad: np.ndarray, good: np.ndarray, sig
     """
     ys, xs = np.nonzero(bad)
     excl = np.ascontiguousarray(bad | ~good)
-    return _fill(np.ascontiguousarray(image, dtype=np.float32), excl, ys.astype(np.int64), xs.astype(np.int64),
-                 float(sigma), int(rmax))
+    return _fill(
+        np.ascontiguousarray(image, dtype=np.float32),
+        excl,
+        ys.astype(np.int64),
+        xs.astype(np.int64),
+        float(sigma),
+        int(rmax),
+    )
 
 
 _DY = np.array([-1, -1, -1, 0, 0, 1, 1, 1])
 _DX = np.array([-1, 0, 1, -1, 1, -1, 0, 1])
 
 
-def find_cosmic_rays(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, mask_planes: dict[str, int],
-                     psf, config: FindCosmicRaysConfig, background: float = 0.0,
-                     keep_crs: bool | None = None) -> Struct:
+def find_cosmic_rays(
+    image: np.ndarray,
+    variance: np.ndarray,
+    mask: np.ndarray,
+    mask_planes: dict[str, int],
+    psf,
+    config: FindCosmicRaysConfig,
+    background: float = 0.0,
+    keep_crs: bool | None = None,
+) -> Struct:
     """Find cosmic rays, set the CR mask bit and (unless ``keep_crs``) interpolate over them.
 
     Parameters
@@ -187,8 +209,19 @@ def find_cosmic_rays(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, 
     rh, rv, rd = _psf_ratios(psf, psf.average_position())
     cand = np.zeros(img.shape, np.bool_)
     f2 = config.cond3_fac2
-    _candidates(img, var, badmask, intrp, np.float32(background), config.minSigma, config.cond3_fac,
-                f2 * rh, f2 * rv, f2 * rd, cand)
+    _candidates(
+        img,
+        var,
+        badmask,
+        intrp,
+        np.float32(background),
+        config.minSigma,
+        config.cond3_fac,
+        f2 * rh,
+        f2 * rv,
+        f2 * rd,
+        cand,
+    )
     crmask = np.zeros(img.shape, bool)
     ncr = 0
     ys, xs = np.nonzero(cand)
@@ -200,7 +233,7 @@ def find_cosmic_rays(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, 
         ys, xs = ys[sel], xs[sel]
         crmask[ys, xs] = True
         # grow into the neighbours (track wings) at minSigma / 2 against the interpolated estimate
-        excl = badmask | crmask            # pixels not usable for the estimate
+        excl = badmask | crmask  # pixels not usable for the estimate
         ny, nx = img.shape
         for _ in range(config.niteration):
             ry = (ys[:, None] + _DY[None, :]).ravel()
@@ -258,8 +291,16 @@ class RepairTask(Task):
             img = exposure.image
             sub = img[::4, ::4]
             bkgd = float(np.nanmedian(sub))
-            res = find_cosmic_rays(img, exposure.variance, exposure.mask, exposure.mask_planes, exposure.psf,
-                                   self.config.cosmicray, background=bkgd, keep_crs=keepCRs)
+            res = find_cosmic_rays(
+                img,
+                exposure.variance,
+                exposure.mask,
+                exposure.mask_planes,
+                exposure.psf,
+                self.config.cosmicray,
+                background=bkgd,
+                keep_crs=keepCRs,
+            )
             self.log.info("Identified %d cosmic rays (%d pixels).", res.nCr, res.nPixels)
             self.metadata["numCosmicRays"] = res.nCr
             self.metadata["numCosmicRayPixels"] = res.nPixels

@@ -7,8 +7,13 @@ import numpy as np
 __all__ = ["adaptive_moments"]
 
 
-def adaptive_moments(image: np.ndarray, x0: float | None = None, y0: float | None = None,
-                     max_iter: int = 100, tol: float = 1e-7) -> tuple[float, float, float, float, float]:
+def adaptive_moments(
+    image: np.ndarray,
+    x0: float | None = None,
+    y0: float | None = None,
+    max_iter: int = 100,
+    tol: float = 1e-7,
+) -> tuple[float, float, float, float, float]:
     """Return adaptive moments ``(x, y, Ixx, Iyy, Ixy)`` of a (noise-free) image.
 
     The weight is an elliptical Gaussian whose moments are twice the measured ones

@@ -18,7 +18,6 @@ Fitting (one linear least-squares problem per basis pixel, solved for all pixels
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,10 +26,14 @@ from calexpress.config import Config, Field, ListField
 from .moments import adaptive_moments
 from .resample import lanczos_matrix, resample_stamp
 
-__all__ = ["PsfexModel", "PsfexPsfDeterminerConfig", "PsfexPsfDeterminerTask", "fit_pixel_psf",
-           "poly_terms"]
-
-_log = logging.getLogger("calexpress.charImage.measurePsf.psfDeterminer")
+__all__ = [
+    "PsfFitResult",
+    "PsfexModel",
+    "PsfexPsfDeterminerConfig",
+    "fit_pixel_psf",
+    "poly_terms",
+    "validate_model",
+]
 
 
 class PsfexPsfDeterminerConfig(Config):
@@ -39,22 +42,33 @@ class PsfexPsfDeterminerConfig(Config):
     spatialOrder = Field(dtype=int, default=2, doc="Spatial polynomial order (PSFVAR_DEGREES)")
     sizeCellX = Field(dtype=int, default=256, doc="Kept for LSST compatibility (unused)")
     sizeCellY = Field(dtype=int, default=256, doc="Kept for LSST compatibility (unused)")
-    samplingSize = Field(dtype=float, default=0.5,
-                         doc="Model sampling step in image pixels (PSF_SAMPLING); 0.5..1")
-    psfexBasis = Field(dtype=str, default="PIXEL_AUTO",
-                       doc="PIXEL_AUTO: use samplingSize only if FWHM < 3 px, else 1; PIXEL: always use it")
+    samplingSize = Field(
+        dtype=float, default=0.5, doc="Model sampling step in image pixels (PSF_SAMPLING); 0.5..1"
+    )
+    psfexBasis = Field(
+        dtype=str,
+        default="PIXEL_AUTO",
+        doc="PIXEL_AUTO: use samplingSize only if FWHM < 3 px, else 1; PIXEL: always use it",
+    )
     badMaskBits = ListField(dtype=str, default=["INTRP", "SAT"], doc="Mask planes giving zero weight")
     tolerance = Field(dtype=float, default=1e-2, doc="Relative model accuracy (PSF_ACCURACY)")
     lam = Field(dtype=float, default=0.05, doc="Kept for LSST compatibility (unused)")
-    reducedChi2ForPsfCandidates = Field(dtype=float, default=2.0,
-                                        doc="Reject stars whose reduced chi^2 exceeds this times the median")
+    reducedChi2ForPsfCandidates = Field(
+        dtype=float, default=2.0, doc="Reject stars whose reduced chi^2 exceeds this times the median"
+    )
     spatialReject = Field(dtype=float, default=3.0, doc="Clipping threshold (sigma) for pixels and stars")
     recentroid = Field(dtype=bool, default=False, doc="Kept for LSST compatibility (unused)")
-    kernelSize = Field(dtype=int, default=81,
-                       doc="Model size in sampled pixels if >= 15 (stamp = int(kernelSize * samplingSize) "
-                           "image pixels, made odd), else in units of sqrt(median quadrupole)")
+    kernelSize = Field(
+        dtype=int,
+        default=81,
+        doc="Model size in sampled pixels if >= 15 (stamp = int(kernelSize * samplingSize) "
+        "image pixels, made odd), else in units of sqrt(median quadrupole)",
+    )
     kernelSizeMin = Field(dtype=int, default=25, doc="Minimum stamp size when kernelSize < 15")
     kernelSizeMax = Field(dtype=int, default=45, doc="Maximum stamp size when kernelSize < 15")
+    maxClippedFraction = Field(
+        dtype=float, default=0.2, doc="Reject a star when more than this fraction of its pixels is clipped"
+    )
     nIterForPsf = Field(dtype=int, default=3, doc="Fit / reject iterations")
     lanczosOrder = Field(dtype=int, default=7, doc="Lanczos order used to resample the star stamps")
     minStars = Field(dtype=int, default=3, doc="Fewest stars needed for a fit")
@@ -92,8 +106,9 @@ class PsfexModel:
 
     def model_grid(self, x: float, y: float) -> np.ndarray:
         """The model on its sampled grid at ``(x, y)``."""
-        p = poly_terms((x - self.polzero[0]) / self.polscal[0], (y - self.polzero[1]) / self.polscal[1],
-                       self.poldeg)[:, 0]
+        p = poly_terms(
+            (x - self.polzero[0]) / self.polscal[0], (y - self.polzero[1]) / self.polscal[1], self.poldeg
+        )[:, 0]
         return np.tensordot(p, self.basis, axes=1)
 
     def compute_image(self, x: float, y: float) -> np.ndarray:
@@ -138,8 +153,9 @@ class PsfexModel:
         """Convert to the persistable ``calexpress.psf.PixelPsf``."""
         from calexpress.psf import PixelPsf
 
-        return PixelPsf(self.basis.astype(np.float32), self.sampling, self.poldeg, self.polzero,
-                        self.polscal, self.size)
+        return PixelPsf(
+            self.basis.astype(np.float32), self.sampling, self.poldeg, self.polzero, self.polscal, self.size
+        )
 
 
 @dataclass
@@ -147,9 +163,9 @@ class PsfFitResult:
     """Result of `fit_pixel_psf`."""
 
     model: PsfexModel
-    used: np.ndarray          # bool per input star: kept in the final fit
-    chi2: np.ndarray          # reduced chi^2 per star (nan if not fitted)
-    flux: np.ndarray          # fitted flux per star
+    used: np.ndarray  # bool per input star: kept in the final fit
+    chi2: np.ndarray  # reduced chi^2 per star (nan if not fitted)
+    flux: np.ndarray  # fitted flux per star
 
 
 def _stamp_size(config: PsfexPsfDeterminerConfig, sampling: float, sigma: float) -> int:
@@ -161,10 +177,18 @@ def _stamp_size(config: PsfexPsfDeterminerConfig, sampling: float, sigma: float)
     return size | 1
 
 
-def fit_pixel_psf(image: np.ndarray, variance: np.ndarray, bad: np.ndarray, xs: np.ndarray,
-                  ys: np.ndarray, fluxes: np.ndarray | None, config: PsfexPsfDeterminerConfig,
-                  fwhm_guess: float, bbox_shape: tuple[int, int] | None = None,
-                  spatial_order: int | None = None) -> PsfFitResult:
+def fit_pixel_psf(
+    image: np.ndarray,
+    variance: np.ndarray,
+    bad: np.ndarray,
+    xs: np.ndarray,
+    ys: np.ndarray,
+    fluxes: np.ndarray | None,
+    config: PsfexPsfDeterminerConfig,
+    fwhm_guess: float,
+    bbox_shape: tuple[int, int] | None = None,
+    spatial_order: int | None = None,
+) -> PsfFitResult:
     """Fit a spatially varying pixel-basis PSF to stars.
 
     Parameters
@@ -222,7 +246,6 @@ def fit_pixel_psf(image: np.ndarray, variance: np.ndarray, bad: np.ndarray, xs: 
         raise RuntimeError(f"only {len(keep_idx)} usable PSF stars (need {config.minStars})")
     d = np.array(data).reshape(len(keep_idx), -1)
     ivar = np.array(wts).reshape(len(keep_idx), -1)
-    npix = d.shape[1]
 
     # initial normalisation: flux within the stamp (or the given one)
     step2 = sampling * sampling
@@ -259,8 +282,8 @@ def fit_pixel_psf(image: np.ndarray, variance: np.ndarray, bad: np.ndarray, xs: 
         r = np.where(pixmask, d / f[:, None], model)
         M = (A * wstar[:, None]).T @ A
         M += np.eye(nterm) * 1e-12 * np.trace(M)
-        coef = np.linalg.solve(M, (A * wstar[:, None]).T @ r).T   # (npix, nterm)
-        model = A @ coef.T                                          # (ns, npix), unit-flux units
+        coef = np.linalg.solve(M, (A * wstar[:, None]).T @ r).T  # (npix, nterm)
+        model = A @ coef.T  # (ns, npix), unit-flux units
         # re-estimate fluxes as the model amplitude
         wv = ivar * pixmask
         num = (wv * model * d).sum(axis=1)
@@ -272,8 +295,9 @@ def fit_pixel_psf(image: np.ndarray, variance: np.ndarray, bad: np.ndarray, xs: 
         ok &= good_f
         # pixel clipping and star rejection
         resid = d - f[:, None] * model
-        sig = np.sqrt(1.0 / np.where(valid, ivar, np.inf)
-                      + (config.tolerance * f[:, None] * np.maximum(model, 0)) ** 2)
+        sig = np.sqrt(
+            1.0 / np.where(valid, ivar, np.inf) + (config.tolerance * f[:, None] * np.maximum(model, 0)) ** 2
+        )
         z = np.where(valid, resid / sig, 0.0)
         nvalid = np.maximum(valid.sum(axis=1), 1)
         chi2 = (z * z * pixmask).sum(axis=1) / np.maximum(pixmask.sum(axis=1), 1)
@@ -282,10 +306,10 @@ def fit_pixel_psf(image: np.ndarray, variance: np.ndarray, bad: np.ndarray, xs: 
         pixmask = valid & (np.abs(z) < config.spatialReject * 1.5)
         med = np.median(chi2[ok])
         mad = 1.4826 * np.median(np.abs(chi2[ok] - med))
-        lim = max(med + config.spatialReject * mad, config.reducedChi2ForPsfCandidates * med)
+        lim = max(med + config.spatialReject * mad, config.reducedChi2ForPsfCandidates * max(med, 1.0))
         # too many clipped pixels also means a bad star (blend, CR, ...)
         frac_clip = 1.0 - pixmask.sum(axis=1) / nvalid
-        new_ok = ok & (chi2 < lim) & (frac_clip < 0.1)
+        new_ok = ok & (chi2 < lim) & (frac_clip < config.maxClippedFraction)
         if new_ok.sum() >= max(config.minStars, nterm + 1):
             ok = new_ok
         if ok.sum() < config.minStars:
@@ -303,13 +327,22 @@ def fit_pixel_psf(image: np.ndarray, variance: np.ndarray, bad: np.ndarray, xs: 
     flux_all = np.full(nstar_in, np.nan)
     flux_all[keep_idx] = f
     avg = (float(np.mean(sx[ok])), float(np.mean(sy[ok])))
-    mdl = PsfexModel(basis=basis, sampling=sampling, poldeg=poldeg, polzero=polzero, polscal=polscal,
-                     size=size, lanczos_order=order, avg_position=avg)
+    mdl = PsfexModel(
+        basis=basis,
+        sampling=sampling,
+        poldeg=poldeg,
+        polzero=polzero,
+        polscal=polscal,
+        size=size,
+        lanczos_order=order,
+        avg_position=avg,
+    )
     return PsfFitResult(model=mdl, used=used, chi2=chi2_all, flux=flux_all)
 
 
-def validate_model(model, shape: tuple[int, int], t_ref: float, n: int = 5,
-                   max_ratio: float = 2.0) -> str | None:
+def validate_model(
+    model, shape: tuple[int, int], t_ref: float, n: int = 5, max_ratio: float = 2.0
+) -> str | None:
     """Check the model on an ``n`` x ``n`` grid covering the detector (corners included).
 
     Returns None if every position gives a valid image whose ``T = Ixx + Iyy`` is within a factor

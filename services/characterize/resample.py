@@ -44,8 +44,9 @@ def lanczos_matrix(positions: np.ndarray, n_in: int, order: int = 3, normalize: 
     return w
 
 
-def resample_stamp(image: np.ndarray, xc: float, yc: float, n_out: int, step: float,
-                   order: int = 3) -> tuple[np.ndarray, tuple[slice, slice], np.ndarray, np.ndarray] | None:
+def resample_stamp(
+    image: np.ndarray, xc: float, yc: float, n_out: int, step: float, order: int = 3
+) -> tuple[np.ndarray, tuple[slice, slice], np.ndarray, np.ndarray] | None:
     """Sample ``image`` on an ``n_out`` x ``n_out`` grid of spacing ``step`` centred on ``(xc, yc)``.
 
     Returns ``None`` when the needed pixels run off the image.

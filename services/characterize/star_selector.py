@@ -13,7 +13,9 @@ __all__ = ["ObjectSizeStarSelectorConfig", "ObjectSizeStarSelectorTask", "select
 class ObjectSizeStarSelectorConfig(Config):
     """LSST ``ObjectSizeStarSelectorConfig`` names and defaults."""
 
-    sourceFluxField = Field(dtype=str, default="base_GaussianFlux_instFlux", doc="Flux column for the flux cut")
+    sourceFluxField = Field(
+        dtype=str, default="base_GaussianFlux_instFlux", doc="Flux column for the flux cut"
+    )
     doFluxLimit = Field(dtype=bool, default=True, doc="Apply fluxMin / fluxMax")
     fluxMin = Field(dtype=float, default=12500.0, doc="Minimum flux (instFlux)")
     fluxMax = Field(dtype=float, default=0.0, doc="Maximum flux; 0 = no limit")
@@ -22,14 +24,23 @@ class ObjectSizeStarSelectorConfig(Config):
     signalToNoiseMax = Field(dtype=float, default=0.0, doc="Maximum S/N; 0 = no limit")
     widthMin = Field(dtype=float, default=0.0, doc="Minimum width sqrt((Ixx+Iyy)/2), pixels")
     widthMax = Field(dtype=float, default=10.0, doc="Maximum width, pixels")
-    widthStdAllowed = Field(dtype=float, default=0.15, doc="Stop when the stellar locus std is below this x median")
+    widthStdAllowed = Field(
+        dtype=float, default=0.15, doc="Stop when the stellar locus std is below this x median"
+    )
     nSigmaClip = Field(dtype=float, default=2.0, doc="Clipping of the stellar locus (sigma)")
     shapeField = Field(dtype=str, default="base_SdssShape", doc="Adaptive-moments prefix")
-    badFlags = ListField(dtype=str, default=[
-        "base_PixelFlags_flag_edge", "base_PixelFlags_flag_interpolatedCenter",
-        "base_PixelFlags_flag_saturatedCenter", "base_PixelFlags_flag_crCenter",
-        "base_PixelFlags_flag_bad", "base_PixelFlags_flag_interpolated",
-    ], doc="Sources with any of these flags are not stars")
+    badFlags = ListField(
+        dtype=str,
+        default=[
+            "base_PixelFlags_flag_edge",
+            "base_PixelFlags_flag_interpolatedCenter",
+            "base_PixelFlags_flag_saturatedCenter",
+            "base_PixelFlags_flag_crCenter",
+            "base_PixelFlags_flag_bad",
+            "base_PixelFlags_flag_interpolated",
+        ],
+        doc="Sources with any of these flags are not stars",
+    )
 
 
 def _kmeans_1d(width: np.ndarray, ncluster: int = 4, widthStd: float = 0.15, niter: int = 10) -> np.ndarray:
@@ -40,8 +51,9 @@ def _kmeans_1d(width: np.ndarray, ncluster: int = 4, widthStd: float = 0.15, nit
     centers = mean0 + delta * np.arange(ncluster)
     ids = np.argmin(np.abs(width[:, None] - centers[None, :]), axis=1)
     for _ in range(niter):
-        new_centers = np.array([np.median(width[ids == k]) if np.any(ids == k) else centers[k]
-                                for k in range(ncluster)])
+        new_centers = np.array(
+            [np.median(width[ids == k]) if np.any(ids == k) else centers[k] for k in range(ncluster)]
+        )
         new_ids = np.argmin(np.abs(width[:, None] - new_centers[None, :]), axis=1)
         centers = new_centers
         if np.array_equal(new_ids, ids):
@@ -50,7 +62,9 @@ def _kmeans_1d(width: np.ndarray, ncluster: int = 4, widthStd: float = 0.15, nit
     return ids
 
 
-def select_stars_by_size(width: np.ndarray, usable: np.ndarray, config: ObjectSizeStarSelectorConfig) -> np.ndarray:
+def select_stars_by_size(
+    width: np.ndarray, usable: np.ndarray, config: ObjectSizeStarSelectorConfig
+) -> np.ndarray:
     """Return a boolean array: True for the members of the smallest-width cluster (the stellar locus)."""
     sel = np.zeros(len(width), bool)
     idx = np.nonzero(usable)[0]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-
 from calexpress.geom import Box
 
 __all__ = [
@@ -40,8 +39,9 @@ def _xtalk_kernel(image, y0s, x0s, steps, coeffs, ny, nx):  # pragma: no cover -
                     image[y0s[v] + r, x0s[v] + c * steps[v]] -= corr
 
 
-def crosstalk_correct(image: np.ndarray, boxes: list[Box], coeffs: np.ndarray,
-                      flips: list[bool] | None = None) -> None:
+def crosstalk_correct(
+    image: np.ndarray, boxes: list[Box], coeffs: np.ndarray, flips: list[bool] | None = None
+) -> None:
     """Remove crosstalk in place: ``victim -= sum_source coeffs[victim, source] * source``.
 
     Parameters
@@ -220,16 +220,18 @@ def _interp_kernel(image, mask, bad_bits, intrp_bit, fallback, width):  # pragma
     return n
 
 
-def interpolate_over_mask(image: np.ndarray, mask: np.ndarray, bad_bits: int, intrp_bit: int,
-                          fallback: float, width: int = 2) -> int:
+def interpolate_over_mask(
+    image: np.ndarray, mask: np.ndarray, bad_bits: int, intrp_bit: int, fallback: float, width: int = 2
+) -> int:
     """Replace masked pixels by linear interpolation along rows; set ``intrp_bit`` on them.
 
     Each run of pixels with any of ``bad_bits`` is bridged linearly between the means of up to
     ``width`` good pixels on either side; a run touching the edge takes the one side's mean; a row with
     no good pixel takes ``fallback``.  Returns the number of pixels interpolated.
     """
-    return int(_interp_kernel(image, mask, np.int32(bad_bits), np.int32(intrp_bit), np.float32(fallback),
-                              int(width)))
+    return int(
+        _interp_kernel(image, mask, np.int32(bad_bits), np.int32(intrp_bit), np.float32(fallback), int(width))
+    )
 
 
 # --------------------------------------------------------------------------------------------------

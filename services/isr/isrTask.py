@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 from astropy.io import fits
-
 from calexpress.calibs import CrosstalkCalib, Defects, Linearizer
 from calexpress.config import ChoiceField, ConfigField, DictField, Field, ListField
 from calexpress.config import Config as _Config
@@ -53,33 +52,44 @@ class IsrTaskConfig(_Config):
     doConvertIntToFloat = Field(dtype=bool, doc="Convert an integer image to float32", default=True)
     doSaturation = Field(dtype=bool, doc="Mask saturated pixels (raw >= amp saturation)", default=True)
     saturatedMaskName = Field(dtype=str, doc="Mask plane of saturated pixels", default="SAT")
-    saturation = Field(dtype=float, doc="Saturation level [ADU] overriding the camera's when finite",
-                       default=float("nan"))
-    growSaturationFootprintSize = Field(dtype=int, doc="Grow SAT by this many pixels before interpolating",
-                                        default=1)
+    saturation = Field(
+        dtype=float, doc="Saturation level [ADU] overriding the camera's when finite", default=float("nan")
+    )
+    growSaturationFootprintSize = Field(
+        dtype=int, doc="Grow SAT by this many pixels before interpolating", default=1
+    )
     doSuspect = Field(dtype=bool, doc="Mask pixels above the amp suspect level", default=False)
     suspectMaskName = Field(dtype=str, doc="Mask plane of suspect pixels", default="SUSPECT")
     numEdgeSuspect = Field(dtype=int, doc="Mask this many pixels at the detector edge SUSPECT", default=0)
-    doSetBadRegions = Field(dtype=bool, doc="Set BAD, non-interpolated pixels to the image median",
-                            default=True)
-    badStatistic = ChoiceField(dtype=str, doc="Statistic for doSetBadRegions (LSST uses MEDIAN anyway)",
-                               default="MEANCLIP", allowed={"MEANCLIP": "clipped mean", "MEDIAN": "median"})
+    doSetBadRegions = Field(
+        dtype=bool, doc="Set BAD, non-interpolated pixels to the image median", default=True
+    )
+    badStatistic = ChoiceField(
+        dtype=str,
+        doc="Statistic for doSetBadRegions (LSST uses MEDIAN anyway)",
+        default="MEANCLIP",
+        allowed={"MEANCLIP": "clipped mean", "MEDIAN": "median"},
+    )
     doOverscan = Field(dtype=bool, doc="Subtract the serial overscan", default=True)
     overscan = ConfigField(dtype=OverscanConfig, doc="Overscan fit")
-    overscanNumLeadingColumnsToSkip = Field(dtype=int, doc="Overscan columns to skip next to the data",
-                                            default=0)
-    overscanNumTrailingColumnsToSkip = Field(dtype=int, doc="Overscan columns to skip at the far end",
-                                             default=0)
-    overscanMaxDev = Field(dtype=float, doc="Ignore overscan pixels further than this from the median [ADU]",
-                           default=1000.0)
+    overscanNumLeadingColumnsToSkip = Field(
+        dtype=int, doc="Overscan columns to skip next to the data", default=0
+    )
+    overscanNumTrailingColumnsToSkip = Field(
+        dtype=int, doc="Overscan columns to skip at the far end", default=0
+    )
+    overscanMaxDev = Field(
+        dtype=float, doc="Ignore overscan pixels further than this from the median [ADU]", default=1000.0
+    )
     doParallelOverscan = Field(dtype=bool, doc="Subtract the parallel overscan per column", default=False)
     doAssembleCcd = Field(dtype=bool, doc="Assemble the amplifiers into the detector", default=True)
     doBias = Field(dtype=bool, doc="Subtract the bias", default=True)
     doVariance = Field(dtype=bool, doc="Compute the variance plane", default=True)
     gain = Field(dtype=float, doc="Gain [e-/ADU] overriding the camera's when finite", default=float("nan"))
     readNoise = Field(dtype=float, doc="Read noise [e-] overriding the camera's when > 0", default=0.0)
-    doEmpiricalReadNoise = Field(dtype=bool, doc="Read noise from the overscan's clipped noise",
-                                 default=False)
+    doEmpiricalReadNoise = Field(
+        dtype=bool, doc="Read noise from the overscan's clipped noise", default=False
+    )
     doLinearize = Field(dtype=bool, doc="Correct non-linearity", default=True)
     doCrosstalk = Field(dtype=bool, doc="Correct crosstalk", default=False)
     doCrosstalkBeforeAssemble = Field(dtype=bool, doc="Correct crosstalk before assembly", default=False)
@@ -88,28 +98,42 @@ class IsrTaskConfig(_Config):
     doWidenSaturationTrails = Field(dtype=bool, doc="Widen wide saturated runs as LSST does", default=True)
     doDark = Field(dtype=bool, doc="Subtract the dark scaled by dark time", default=True)
     doFlat = Field(dtype=bool, doc="Divide by the flat", default=True)
-    flatScalingType = ChoiceField(dtype=str, doc="How to scale the flat", default="USER",
-                                  allowed={"USER": "flatUserScale", "MEAN": "flat mean", "MEDIAN": "flat median"})
+    flatScalingType = ChoiceField(
+        dtype=str,
+        doc="How to scale the flat",
+        default="USER",
+        allowed={"USER": "flatUserScale", "MEAN": "flat mean", "MEDIAN": "flat median"},
+    )
     flatUserScale = Field(dtype=float, doc="Scale for flatScalingType USER", default=1.0)
-    doApplyGains = Field(dtype=bool, doc="Kept for LSST compatibility: gains are always applied (electrons)",
-                         default=False)
+    doApplyGains = Field(
+        dtype=bool, doc="Kept for LSST compatibility: gains are always applied (electrons)", default=False
+    )
     normalizeGains = Field(dtype=bool, doc="Scale amps to a common median (with doApplyGains)", default=False)
-    doVignette = Field(dtype=bool, doc="Mask the camera's vignetted polygons VIGNETTED and NO_DATA",
-                       default=False)
+    doVignette = Field(
+        dtype=bool, doc="Mask the camera's vignetted polygons VIGNETTED and NO_DATA", default=False
+    )
     doInterpolate = Field(dtype=bool, doc="Interpolate over maskListToInterpolate", default=True)
     doSaturationInterpolation = Field(dtype=bool, doc="Interpolate over SAT", default=True)
     doNanInterpolation = Field(dtype=bool, doc="Interpolate over UNMASKEDNAN", default=True)
-    maskListToInterpolate = ListField(dtype=str, doc="Mask planes to interpolate over",
-                                      default=["SAT", "BAD", "UNMASKEDNAN"])
-    interpolationWidth = Field(dtype=int, doc="Good pixels averaged on each side when interpolating",
-                               default=2)
+    maskListToInterpolate = ListField(
+        dtype=str, doc="Mask planes to interpolate over", default=["SAT", "BAD", "UNMASKEDNAN"]
+    )
+    interpolationWidth = Field(
+        dtype=int, doc="Good pixels averaged on each side when interpolating", default=2
+    )
     fwhm = Field(dtype=float, doc="FWHM of the interpolation PSF (unused: linear interpolation)", default=1.0)
-    fluxMag0T1 = DictField(keytype=str, itemtype=float, doc="Counts of a 0-mag source in 1 s, per filter",
-                           default={"Unknown": 10 ** (0.4 * 28.0)})
-    defaultFluxMag0T1 = Field(dtype=float, doc="fluxMag0T1 for filters not in the dict",
-                              default=10 ** (0.4 * 28.0))
-    doMeasureBackground = Field(dtype=bool, doc="Sky level and noise (SKYLEVEL, SKYSIGMA) in the metadata",
-                                default=True)
+    fluxMag0T1 = DictField(
+        keytype=str,
+        itemtype=float,
+        doc="Counts of a 0-mag source in 1 s, per filter",
+        default={"Unknown": 10 ** (0.4 * 28.0)},
+    )
+    defaultFluxMag0T1 = Field(
+        dtype=float, doc="fluxMag0T1 for filters not in the dict", default=10 ** (0.4 * 28.0)
+    )
+    doMeasureBackground = Field(
+        dtype=bool, doc="Sky level and noise (SKYLEVEL, SKYSIGMA) in the metadata", default=True
+    )
     expectWcs = Field(dtype=bool, doc="Warn if the exposure has no WCS", default=True)
     doWrite = Field(dtype=bool, doc="Write postISRCCD in runDataRef", default=True)
 
@@ -145,9 +169,10 @@ def _as_array(calib: Any, what: str) -> tuple[np.ndarray, np.ndarray | None, np.
 
 
 def _set_key(header: fits.Header, key: str, value: Any, comment: str = "") -> None:
+    """Set a header card; long (HIERARCH) keys get no comment, so that the card fits in 80 characters."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        header[key] = (value, comment)
+        header[key] = (value, comment) if len(key) <= 8 else value
 
 
 class IsrTask(Task):
@@ -192,16 +217,35 @@ class IsrTask(Task):
         defects = optional("defects") if cfg.doDefect else None
         linearizer = optional("linearizer") if cfg.doLinearize else None
         crosstalk = optional("crosstalk") if cfg.doCrosstalk else None
-        result = self.run(raw, bias=bias, dark=dark, flat=flat, defects=defects, linearizer=linearizer,
-                          crosstalk=crosstalk, camera=camera)
+        result = self.run(
+            raw,
+            bias=bias,
+            dark=dark,
+            flat=flat,
+            defects=defects,
+            linearizer=linearizer,
+            crosstalk=crosstalk,
+            camera=camera,
+        )
         if cfg.doWrite:
             sensorRef.put(result.exposure, "postISRCCD")
         return result
 
     # ----------------------------------------------------------------------------------------------
     @timeMethod
-    def run(self, ccdExposure: Exposure, *, bias=None, dark=None, flat=None, defects=None, linearizer=None,
-            crosstalk=None, camera=None, detector=None) -> Struct:
+    def run(
+        self,
+        ccdExposure: Exposure,
+        *,
+        bias=None,
+        dark=None,
+        flat=None,
+        defects=None,
+        linearizer=None,
+        crosstalk=None,
+        camera=None,
+        detector=None,
+    ) -> Struct:
         """Remove the instrument signature of one raw exposure (in memory).
 
         Parameters
@@ -214,7 +258,7 @@ class IsrTask(Task):
             ``visit_info``/``DARKTIME``, else per second]; flat (normalised).  Required when the config's
             ``doBias``/``doDark``/``doFlat`` is set.
         defects : `calexpress.calibs.Defects`, optional
-            Defaults to the detector's ``defects`` from the camera YAML.
+            Bad pixels; the detector's static ``defects`` from the camera YAML are added to them.
         linearizer : `calexpress.calibs.Linearizer`, optional
             Defaults to the amplifiers' linearity in the camera YAML.
         crosstalk : `calexpress.calibs.CrosstalkCalib`, optional
@@ -252,17 +296,29 @@ class IsrTask(Task):
                 raise TaskError("integer raw image and doConvertIntToFloat=False")
             raw = raw.astype(np.float32)
             ccdExposure.image = raw
-        is_raw = det.raw_shape is not None and raw.shape == tuple(det.raw_shape) and raw.shape != det.bbox.shape
+        # a raw has the raw shape; when raw and assembled shapes coincide (no overscan), an exposure that
+        # went through ISR already carries OVERSCAN/BUNIT and is treated as assembled
+        is_raw = det.raw_shape is not None and raw.shape == tuple(det.raw_shape)
+        if is_raw and raw.shape == det.bbox.shape:
+            is_raw = "OVERSCAN" not in md and str(md.get("BUNIT", "")).strip().lower() != "electron"
         if not is_raw and raw.shape != det.bbox.shape:
-            raise TaskError(f"image is {raw.shape[1]}x{raw.shape[0]}: neither the raw "
-                            f"({det.raw_shape[1]}x{det.raw_shape[0]}) nor the assembled "
-                            f"({det.bbox.width}x{det.bbox.height}) size of detector {det.name}")
+            raise TaskError(
+                f"image is {raw.shape[1]}x{raw.shape[0]}: neither the raw "
+                f"({det.raw_shape[1]}x{det.raw_shape[0]}) nor the assembled "
+                f"({det.bbox.width}x{det.bbox.height}) size of detector {det.name}"
+            )
         amps = det.amplifiers
-        gains = {a.name: (cfg.gain if math.isfinite(cfg.gain) and cfg.gain > 0 else
-                          (a.gain if math.isfinite(a.gain) and a.gain > 0 else 1.0)) for a in amps}
+        gains = {
+            a.name: (
+                cfg.gain
+                if math.isfinite(cfg.gain) and cfg.gain > 0
+                else (a.gain if math.isfinite(a.gain) and a.gain > 0 else 1.0)
+            )
+            for a in amps
+        }
         read_noise = {a.name: (cfg.readNoise if cfg.readNoise > 0 else a.read_noise) for a in amps}
-        if defects is None and cfg.doDefect and det.defects:
-            defects = Defects(det.defects)
+        if cfg.doDefect and det.defects:  # the camera's static defects are always added
+            defects = Defects(list(det.defects) + (list(defects.boxes) if defects is not None else []))
         if linearizer is None and cfg.doLinearize:
             linearizer = Linearizer.from_detector(det)
         if crosstalk is None and cfg.doCrosstalk:
@@ -315,8 +371,9 @@ class IsrTask(Task):
             variance.fill(1.0)
         if cfg.doCrosstalk and crosstalk is not None and not cfg.doCrosstalkBeforeAssemble:
             names = crosstalk.amp_order
-            fn.crosstalk_correct(image, [det[n].bbox for n in names], crosstalk.coeffs,
-                                 [det[n].flip_x for n in names])
+            fn.crosstalk_correct(
+                image, [det[n].bbox for n in names], crosstalk.coeffs, [det[n].flip_x for n in names]
+            )
         if cfg.doDark:
             if dark is None:
                 raise TaskError("doDark is set but no dark was given")
@@ -331,7 +388,7 @@ class IsrTask(Task):
         if cfg.doFlat:
             if flat is None:
                 raise TaskError("doFlat is set but no flat was given")
-            self._divide_flat(image, mask, variance, flat)
+            self._divide_flat(image, mask, variance, flat, bit["BAD"])
         # -- masks
         if cfg.doDefect and defects is not None:
             badb = np.int32(bit["BAD"])
@@ -358,9 +415,12 @@ class IsrTask(Task):
             fn.widen_saturation_trails(mask, sat_bit)
         # -- interpolation
         if cfg.doInterpolate:
-            names = [n for n in cfg.maskListToInterpolate
-                     if not (n == cfg.saturatedMaskName and not cfg.doSaturationInterpolation)
-                     and not (n == "UNMASKEDNAN" and not cfg.doNanInterpolation)]
+            names = [
+                n
+                for n in cfg.maskListToInterpolate
+                if not (n == cfg.saturatedMaskName and not cfg.doSaturationInterpolation)
+                and not (n == "UNMASKEDNAN" and not cfg.doNanInterpolation)
+            ]
             if cfg.saturatedMaskName in names and cfg.growSaturationFootprintSize > 0:
                 fn.grow_mask_cross(mask, sat_bit, cfg.growSaturationFootprintSize)
             interp_bits = 0
@@ -369,8 +429,9 @@ class IsrTask(Task):
                     interp_bits |= bit[n]
             if interp_bits:
                 fallback = self._fallback(image, mask, interp_bits)
-                nint = fn.interpolate_over_mask(image, mask, interp_bits, bit["INTRP"], fallback,
-                                                cfg.interpolationWidth)
+                nint = fn.interpolate_over_mask(
+                    image, mask, interp_bits, bit["INTRP"], fallback, cfg.interpolationWidth
+                )
                 self.metadata["NUMINTERPOLATED"] = nint
                 # interpolated pixels: variance from the neighbours' level
                 sel = (mask & np.int32(interp_bits)) != 0
@@ -382,8 +443,17 @@ class IsrTask(Task):
             if badsel.any():
                 image[badsel] = np.float32(np.median(image[~badsel][::7]))
         # -- result
-        exposure = Exposure(image, mask, variance, mask_planes=planes, metadata=md, wcs=ccdExposure.wcs,
-                            visit_info=ccdExposure.visit_info, detector=det, filter=ccdExposure.filter)
+        exposure = Exposure(
+            image,
+            mask,
+            variance,
+            mask_planes=planes,
+            metadata=md,
+            wcs=ccdExposure.wcs,
+            visit_info=ccdExposure.visit_info,
+            detector=det,
+            filter=ccdExposure.filter,
+        )
         if cfg.expectWcs and exposure.wcs is None:
             self.log.warning("the exposure has no WCS")
         _set_key(md, "BUNIT", "electron", "image unit after ISR")
@@ -407,9 +477,9 @@ class IsrTask(Task):
                 continue
             # "leading" = next to the data (in readout order the overscan follows the data)
             x0, x1 = box.x0, box.x1
-            if box.x0 >= data_box.x1:       # overscan right of the data
+            if box.x0 >= data_box.x1:  # overscan right of the data
                 x0, x1 = x0 + lead, x1 - trail
-            else:                           # overscan (or prescan used as one) left of the data
+            else:  # overscan (or prescan used as one) left of the data
                 x0, x1 = x0 + trail, x1 - lead
             if x1 <= x0:
                 raise TaskError(f"amp {amp.name}: skipping {lead}+{trail} columns leaves no overscan")
@@ -423,8 +493,12 @@ class IsrTask(Task):
                 data -= np.float32(level)
             vector = cfg.overscan.fitType not in ("MEDIAN", "MEAN", "MEANCLIP")
             _set_key(md, f"ISR_OSCAN_LEVEL{amp.name}", level, f"overscan level of amp {amp.name} [ADU]")
-            _set_key(md, f"ISR_OSCAN_SIGMA{amp.name}", float(np.std(model)) if vector else 0.0,
-                     f"stdev of the overscan model of amp {amp.name} [ADU]")
+            _set_key(
+                md,
+                f"ISR_OSCAN_SIGMA{amp.name}",
+                float(np.std(model)) if vector else 0.0,
+                f"stdev of the overscan model of amp {amp.name} [ADU]",
+            )
             _set_key(md, f"ISR_OSCAN_NOISE{amp.name}", noise, f"overscan noise of amp {amp.name} [ADU]")
             self.metadata[f"ISR OSCAN {amp.name} MEDIAN"] = level
             self.metadata[f"ISR OSCAN {amp.name} STDEV"] = noise
@@ -434,8 +508,11 @@ class IsrTask(Task):
                 pbox = amp.raw_parallel_overscan_bbox
                 pov = raw[pbox.slices].copy()
                 # serial level of the parallel-overscan rows, where the serial overscan reaches them
-                rows = raw[pbox.y0:pbox.y1, box.x0 + (lead if box.x0 >= data_box.x1 else trail):
-                           box.x1 - (trail if box.x0 >= data_box.x1 else lead)]
+                rows = raw[
+                    pbox.y0 : pbox.y1,
+                    box.x0 + (lead if box.x0 >= data_box.x1 else trail) : box.x1
+                    - (trail if box.x0 >= data_box.x1 else lead),
+                ]
                 pov -= np.median(rows, axis=1)[:, None] if rows.size else np.float32(level)
                 cols = np.median(pov, axis=0).astype(np.float32)
                 if cols.size == data_box.width:
@@ -445,8 +522,9 @@ class IsrTask(Task):
     def _subtract(self, image: np.ndarray, mask: np.ndarray, calib, what: str, scale: float) -> None:
         arr, cmask, _, _ = _as_array(calib, what)
         if arr.shape != image.shape:
-            raise TaskError(f"{what} is {arr.shape[1]}x{arr.shape[0]}, the exposure {image.shape[1]}x"
-                            f"{image.shape[0]}")
+            raise TaskError(
+                f"{what} is {arr.shape[1]}x{arr.shape[0]}, the exposure {image.shape[1]}x{image.shape[0]}"
+            )
         if scale == 1.0:
             np.subtract(image, arr, out=image, casting="unsafe")
         else:
@@ -457,8 +535,11 @@ class IsrTask(Task):
     @staticmethod
     def _dark_time(dark) -> float:
         if isinstance(dark, Exposure):
-            if dark.visit_info is not None and math.isfinite(dark.visit_info.dark_time) \
-                    and dark.visit_info.dark_time > 0:
+            if (
+                dark.visit_info is not None
+                and math.isfinite(dark.visit_info.dark_time)
+                and dark.visit_info.dark_time > 0
+            ):
                 return float(dark.visit_info.dark_time)
             for key in ("DARKTIME", "EXPTIME"):
                 v = dark.metadata.get(key) if dark.metadata is not None else None
@@ -466,12 +547,15 @@ class IsrTask(Task):
                     return float(v)
         return 1.0
 
-    def _divide_flat(self, image: np.ndarray, mask: np.ndarray, variance: np.ndarray, flat) -> None:
+    def _divide_flat(
+        self, image: np.ndarray, mask: np.ndarray, variance: np.ndarray, flat, bad_bit: int
+    ) -> None:
         cfg = self.config
         arr, cmask, fvar, _ = _as_array(flat, "flat")
         if arr.shape != image.shape:
-            raise TaskError(f"flat is {arr.shape[1]}x{arr.shape[0]}, the exposure {image.shape[1]}x"
-                            f"{image.shape[0]}")
+            raise TaskError(
+                f"flat is {arr.shape[1]}x{arr.shape[0]}, the exposure {image.shape[1]}x{image.shape[0]}"
+            )
         arr = arr.astype(np.float32, copy=False)
         if cfg.flatScalingType == "USER":
             scale = cfg.flatUserScale
@@ -482,7 +566,7 @@ class IsrTask(Task):
         bad = ~(arr > 0)
         if bad.any():
             arr = np.where(bad, np.float32(1.0), arr)
-            mask[bad] |= np.int32(1)  # BAD is bit 0 in every calexpress mask
+            mask[bad] |= np.int32(bad_bit)  # a flat <= 0 or NaN: no response
             image[bad] = np.nan
         if scale != 1.0:
             arr = arr / np.float32(scale)

@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 from astropy.time import Time
-
 from calexpress.calibs import Defects
 from calexpress.exposure import Exposure
 from calexpress.stats import clipped_stats
@@ -54,8 +53,9 @@ log = logging.getLogger("calexpress.makecalibs")
 # combination
 
 
-def combine_frames(images: Sequence[np.ndarray], nsigma: float = 3.0, chunk_rows: int = 256
-                   ) -> tuple[np.ndarray, np.ndarray]:
+def combine_frames(
+    images: Sequence[np.ndarray], nsigma: float = 3.0, chunk_rows: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
     """Sigma-clipped mean of a stack of images, pixel by pixel.
 
     Deviations from the per-pixel median larger than ``nsigma`` times the robust scatter of all the
@@ -77,10 +77,10 @@ def combine_frames(images: Sequence[np.ndarray], nsigma: float = 3.0, chunk_rows
     out = np.empty(shape, dtype=np.float32)
     var = np.empty(shape, dtype=np.float32)
     for y0 in range(0, shape[0], chunk_rows):
-        stack = np.stack([im[y0:y0 + chunk_rows] for im in images]).astype(np.float32)
+        stack = np.stack([im[y0 : y0 + chunk_rows] for im in images]).astype(np.float32)
         if n < 3:
-            out[y0:y0 + chunk_rows] = stack.mean(axis=0)
-            var[y0:y0 + chunk_rows] = stack.var(axis=0) / n if n > 1 else 0.0
+            out[y0 : y0 + chunk_rows] = stack.mean(axis=0)
+            var[y0 : y0 + chunk_rows] = stack.var(axis=0) / n if n > 1 else 0.0
             continue
         med = np.median(stack, axis=0)
         dev = stack - med
@@ -91,8 +91,8 @@ def combine_frames(images: Sequence[np.ndarray], nsigma: float = 3.0, chunk_rows
         nkeep = keep.sum(axis=0)
         total = np.where(keep, stack, 0.0).sum(axis=0)
         mean = np.where(nkeep > 0, total / np.maximum(nkeep, 1), med)
-        out[y0:y0 + chunk_rows] = mean
-        var[y0:y0 + chunk_rows] = sigma * sigma / np.maximum(nkeep, 1)
+        out[y0 : y0 + chunk_rows] = mean
+        var[y0 : y0 + chunk_rows] = sigma * sigma / np.maximum(nkeep, 1)
     return out, var
 
 
@@ -123,8 +123,16 @@ def _to_adu(exposure: Exposure) -> None:
         exposure.variance[amp.bbox.slices] /= np.float32(g * g)
 
 
-def _master(image: np.ndarray, variance: np.ndarray, template: Exposure, calib_type: str,
-            inputs: list[Any], filt: str | None, dates: list[Time], unit: str) -> Exposure:
+def _master(
+    image: np.ndarray,
+    variance: np.ndarray,
+    template: Exposure,
+    calib_type: str,
+    inputs: list[Any],
+    filt: str | None,
+    dates: list[Time],
+    unit: str,
+) -> Exposure:
     md = fits.Header()
     md["CALIBTYP"] = (calib_type, "calibration type")
     md["OBSTYPE"] = calib_type
@@ -134,7 +142,7 @@ def _master(image: np.ndarray, variance: np.ndarray, template: Exposure, calib_t
     md["FILTER"] = filt if filt else "NONE"
     md["BUNIT"] = unit
     md["NINPUT"] = (len(inputs), "number of input exposures")
-    md["INPUTS"] = (",".join(str(i) for i in inputs)[:68], "input exposure ids")
+    md["INPUTS"] = ",".join(str(i) for i in inputs)[:68]
     if dates:
         mid = Time(np.mean([d.tai.mjd for d in dates]), format="mjd", scale="tai")
         with warnings.catch_warnings():
@@ -149,8 +157,9 @@ def _master(image: np.ndarray, variance: np.ndarray, template: Exposure, calib_t
     if bad.any():
         mask[bad] = 1 << template.mask_planes.get("BAD", 0)
         image = np.where(bad, np.float32(0.0), image)
-    return Exposure(image, mask, variance, mask_planes=dict(template.mask_planes), metadata=md,
-                    detector=det, filter=filt)
+    return Exposure(
+        image, mask, variance, mask_planes=dict(template.mask_planes), metadata=md, detector=det, filter=filt
+    )
 
 
 def _dates(raws: Sequence[Exposure]) -> list[Time]:
@@ -217,20 +226,24 @@ def make_flat(raws: Sequence[Exposure], bias=None, dark=None, camera=None, nsigm
         template = exp
         filt = filt or exp.filter
     image, var = combine_frames(frames, nsigma)
-    norm = float(np.nanmedian(image[::2, ::2]))
+    norm = float(np.nanmedian(image))
     image /= np.float32(norm)
     var /= np.float32(norm * norm)
     return _master(image, var, template, "flat", ids, filt, dates, "")
 
 
-def defects_from_flat(flat: Exposure | np.ndarray, threshold: float = 0.2, box: int = 33) -> Defects:
-    """Pixels whose flat response deviates from the local median by more than ``threshold`` (fraction)."""
+def defects_from_flat(flat: Exposure | np.ndarray, threshold: float = 0.2, box: int = 15) -> Defects:
+    """Pixels whose flat response deviates from the local median by more than ``threshold`` (fraction).
+
+    The local level is the median over a ``5 x box`` window (long along rows, so that bad columns stand out).
+    """
     from scipy.ndimage import median_filter
 
     img = flat.image if isinstance(flat, Exposure) else np.asarray(flat)
-    local = median_filter(img, size=(box, 1), mode="nearest")
+    img = np.where(np.isfinite(img), img, 0.0).astype(np.float32)
+    local = median_filter(img, size=(5, box), mode="nearest")
     with np.errstate(divide="ignore", invalid="ignore"):
-        bad = ~np.isfinite(img) | (np.abs(img / local - 1.0) > threshold)
+        bad = ~(np.abs(img / local - 1.0) <= threshold)
     return Defects.from_mask(bad)
 
 
@@ -249,10 +262,19 @@ def _iso(t: Time | None) -> str | None:
     return None if t is None else t.tai.isot[:19]
 
 
-def make_calibs(repo: str, calib_type: str, data_ids: list[Mapping[str, Any]] | None = None, *,
-                output: str | None = None, valid_start: str | None = None, valid_end: str | None = None,
-                nsigma: float = 3.0, make_defects: bool = False, defect_threshold: float = 0.2,
-                calib_repo: str | None = None) -> dict[str, str]:
+def make_calibs(
+    repo: str,
+    calib_type: str,
+    data_ids: list[Mapping[str, Any]] | None = None,
+    *,
+    output: str | None = None,
+    valid_start: str | None = None,
+    valid_end: str | None = None,
+    nsigma: float = 3.0,
+    make_defects: bool = False,
+    defect_threshold: float = 0.2,
+    calib_repo: str | None = None,
+) -> dict[str, str]:
     """Build a master calibration from the raws of ``repo`` and ingest it.
 
     Parameters
@@ -297,6 +319,10 @@ def make_calibs(repo: str, calib_type: str, data_ids: list[Mapping[str, Any]] | 
     written: dict[str, str] = {}
     for (det, filt), group in sorted(groups.items(), key=lambda kv: str(kv[0])):
         raws = [butler.get("raw", did) for did in group]
+        for did, raw in zip(group, raws):
+            obs_type = getattr(raw.visit_info, "obs_type", None)
+            if obs_type and obs_type != calib_type:
+                log.warning("%s: raw %s has observation type %r", calib_type, did, obs_type)
         log.info("%s: combining %d raws for detector %s filter %s", calib_type, len(raws), det, filt)
         first = group[0]
         bias = dark = None
@@ -321,20 +347,32 @@ def make_calibs(repo: str, calib_type: str, data_ids: list[Mapping[str, Any]] | 
         name = f"{calib_type}_det{det}" + (f"_{filt}" if filt else "")
         products = [(calib_type, master, name)]
         if make_defects and calib_type in ("flat", "dark"):
-            defects = defects_from_flat(master, defect_threshold) if calib_type == "flat" \
+            defects = (
+                defects_from_flat(master, defect_threshold)
+                if calib_type == "flat"
                 else defects_from_dark(master)
+            )
             defects.metadata["CALIBTYP"] = "defects"
             defects.metadata["DETECTOR"] = int(master.metadata["DETECTOR"])
             if "CALIBDATE" in master.metadata:
-                defects.metadata["CALIBDATE"] = master.metadata["CALIBDATE"]
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", fits.verify.VerifyWarning)
+                    defects.metadata["CALIBDATE"] = master.metadata["CALIBDATE"]
             products.append(("defects", defects, f"defects_det{det}"))
         with tempfile.TemporaryDirectory(prefix="calexpress-makecalibs-") as tmp:
             for ctype, obj, stem in products:
                 path = os.path.join(tmp, stem + ".fits")
                 obj.write(path)
-                result = ingest_calibs(dest, [path], calib_type=ctype, filter=filt if ctype == "flat" else None,
-                                       detector=int(det) if det is not None else None,
-                                       valid_start=valid_start, valid_end=valid_end, mode="copy")
+                result = ingest_calibs(
+                    dest,
+                    [path],
+                    calib_type=ctype,
+                    filter=filt if ctype == "flat" else None,
+                    detector=int(det) if det is not None else None,
+                    valid_start=valid_start,
+                    valid_end=valid_end,
+                    mode="copy",
+                )
                 if result.failed:
                     raise RuntimeError(f"ingest of {stem} failed: {'; '.join(map(str, result.failed))}")
                 rows = result.ingested
@@ -352,10 +390,18 @@ def _run(args: argparse.Namespace) -> int:
     if args.id is not None and not data_ids:
         data_ids = [{}]
     try:
-        written = make_calibs(args.repo, args.calib_type, data_ids or None, output=args.output,
-                              valid_start=args.valid_start, valid_end=args.valid_end, nsigma=args.nsigma,
-                              make_defects=args.defects, defect_threshold=args.defect_threshold,
-                              calib_repo=args.calib)
+        written = make_calibs(
+            args.repo,
+            args.calib_type,
+            data_ids or None,
+            output=args.output,
+            valid_start=args.valid_start,
+            valid_end=args.valid_end,
+            nsigma=args.nsigma,
+            make_defects=args.defects,
+            defect_threshold=args.defect_threshold,
+            calib_repo=args.calib,
+        )
     except Exception as exc:  # noqa: BLE001 - one line to the user, non-zero exit
         print(f"make-calibs {args.calib_type} {args.repo}: {exc}")
         return 1
@@ -367,20 +413,35 @@ def _run(args: argparse.Namespace) -> int:
 def register_cli(subparsers: Any) -> None:
     """Add ``make-calibs`` to the ``calexpress`` command (``func(args) -> exit status``)."""
     p = subparsers.add_parser(
-        "make-calibs", help="build master bias/dark/flat from raws and ingest them",
+        "make-calibs",
+        help="build master bias/dark/flat from raws and ingest them",
         description="Build a master calibration (sigma-clipped combination of ISR-processed raws) and "
-                    "ingest it into the calib registry with its validity range.")
+        "ingest it into the calib registry with its validity range.",
+    )
     p.add_argument("calib_type", choices=("bias", "dark", "flat"), metavar="bias|dark|flat")
     p.add_argument("repo", metavar="REPO", help="repository with the raws")
-    p.add_argument("--id", nargs="*", action="append", metavar="KEY=VALUE",
-                   help="raws to combine (processCcd.py --id syntax: ^ alternatives, a..b ranges)")
+    p.add_argument(
+        "--id",
+        nargs="*",
+        action="append",
+        metavar="KEY=VALUE",
+        help="raws to combine (processCcd.py --id syntax: ^ alternatives, a..b ranges)",
+    )
     p.add_argument("--output", default=None, help="repository to ingest into (default: REPO or --calib)")
     p.add_argument("--calib", default=None, help="calibration repository (default: REPO)")
     p.add_argument("--valid-start", dest="valid_start", default=None, help="ISO date (TAI); default open")
     p.add_argument("--valid-end", dest="valid_end", default=None, help="ISO date (TAI); default open")
     p.add_argument("--nsigma", type=float, default=3.0, help="clipping threshold of the combination")
-    p.add_argument("--defects", action="store_true",
-                   help="also derive defects from the master flat (or hot pixels from the master dark)")
-    p.add_argument("--defect-threshold", dest="defect_threshold", type=float, default=0.2,
-                   help="flat deviation (fraction) that makes a pixel a defect")
+    p.add_argument(
+        "--defects",
+        action="store_true",
+        help="also derive defects from the master flat (or hot pixels from the master dark)",
+    )
+    p.add_argument(
+        "--defect-threshold",
+        dest="defect_threshold",
+        type=float,
+        default=0.2,
+        help="flat deviation (fraction) that makes a pixel a defect",
+    )
     p.set_defaults(func=_run)

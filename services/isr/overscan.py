@@ -9,10 +9,9 @@ coordinate fitted to the row means, with ``numSigmaClip`` rejection).
 from __future__ import annotations
 
 import numpy as np
-from numpy.polynomial import chebyshev, legendre, polynomial
-
 from calexpress.config import ChoiceField, Config, Field, ListField
 from calexpress.stats import clipped_stats
+from numpy.polynomial import chebyshev, legendre, polynomial
 
 __all__ = ["OverscanConfig", "collapse_parallel_overscan", "fit_overscan"]
 
@@ -38,12 +37,15 @@ class OverscanConfig(Config):
         },
     )
     order = Field(dtype=int, doc="Order of the POLY/CHEB/LEG fit", default=1)
-    numSigmaClip = Field(dtype=float, doc="Rejection threshold (sigma) for clipped statistics and fits",
-                         default=3.0)
-    maskPlanes = ListField(dtype=str, doc="Mask planes to reject (unused: overscan outliers are clipped)",
-                           default=["SAT"])
-    overscanIsInt = Field(dtype=bool, doc="Treat the overscan as integer for MEDIAN (LSST: convertI)",
-                          default=True)
+    numSigmaClip = Field(
+        dtype=float, doc="Rejection threshold (sigma) for clipped statistics and fits", default=3.0
+    )
+    maskPlanes = ListField(
+        dtype=str, doc="Mask planes to reject (unused: overscan outliers are clipped)", default=["SAT"]
+    )
+    overscanIsInt = Field(
+        dtype=bool, doc="Treat the overscan as integer for MEDIAN (LSST: convertI)", default=True
+    )
 
 
 def _row_outliers(ov: np.ndarray, nsigma: float) -> np.ndarray:
@@ -53,8 +55,9 @@ def _row_outliers(ov: np.ndarray, nsigma: float) -> np.ndarray:
     return np.abs(ov - med[:, None]) > np.maximum(width, 1e-6)[:, None]
 
 
-def fit_overscan(ov: np.ndarray, config: OverscanConfig, max_dev: float = 1000.0) -> tuple[np.ndarray, float,
-                                                                                            float]:
+def fit_overscan(
+    ov: np.ndarray, config: OverscanConfig, max_dev: float = 1000.0
+) -> tuple[np.ndarray, float, float]:
     """Fit an amplifier's serial overscan.
 
     Parameters
@@ -118,7 +121,9 @@ def fit_overscan(ov: np.ndarray, config: OverscanConfig, max_dev: float = 1000.0
         else:
             x = 2.0 * rows / nrow - 1.0  # LSST fits on [-1, 1)
             fitter = {"POLY": polynomial.polyfit, "CHEB": chebyshev.chebfit, "LEG": legendre.legfit}[fit_type]
-            evaluate = {"POLY": polynomial.polyval, "CHEB": chebyshev.chebval, "LEG": legendre.legval}[fit_type]
+            evaluate = {"POLY": polynomial.polyval, "CHEB": chebyshev.chebval, "LEG": legendre.legval}[
+                fit_type
+            ]
             use = ok.copy()
             for _ in range(3):
                 coeffs = fitter(x[use], rowval[use], config.order)
@@ -131,7 +136,7 @@ def fit_overscan(ov: np.ndarray, config: OverscanConfig, max_dev: float = 1000.0
             model = evaluate(x, coeffs).astype(np.float32)
     else:
         raise ValueError(f"unknown overscan fitType {fit_type!r}")
-    resid = ov[::max(1, nrow // 1024)] - model[::max(1, nrow // 1024), None]
+    resid = ov[:: max(1, nrow // 1024)] - model[:: max(1, nrow // 1024), None]
     noise = clipped_stats(resid, nsigma=3.0, niter=3)[1]
     return model, float(np.median(model)), float(noise)
 

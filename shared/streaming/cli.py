@@ -125,7 +125,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--collection", default=_env("CALEXPRESS_COLLECTION", "live"),
                    help="default output collection (rerun) (env CALEXPRESS_COLLECTION; default %(default)s)")
     p.add_argument("--group-id", default=_env("CALEXPRESS_GROUP_ID"),
-                   help="consumer group (env CALEXPRESS_GROUP_ID; default calexpress-<stage>)")
+                   help="consumer group (env CALEXPRESS_GROUP_ID; default <topic prefix><stage>)")
     p.add_argument("--input-topic", default=None, help="override the input topic name")
     p.add_argument("--output-topic", default=None, help="override the output topic name")
     p.add_argument("--metrics-host", default=_env("CALEXPRESS_METRICS_HOST", "127.0.0.1"),

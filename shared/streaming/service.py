@@ -36,6 +36,7 @@ import hashlib
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from collections import OrderedDict
@@ -45,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
+from aiokafka.abc import ConsumerRebalanceListener
 
 from .. import metrics, storage
 from ..events import (
@@ -75,6 +77,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: ``host:pid`` of this process, sent in the ``producer`` header of every output event.
+_PRODUCER_ID = f"{socket.gethostname()}:{os.getpid()}"
 
 #: stage -> (input topic, output topic, announced dataset type), topic names without prefix.
 STAGES: dict[str, tuple[str, str, str]] = {
@@ -182,7 +187,7 @@ class ServiceSettings:
                 raise ValueError(f"unknown stage {self.stage!r}: give input_topic/output_topic")
             self.output_topic = topic_name(self.topic_prefix, names[1])
         if self.group_id is None:
-            self.group_id = f"calexpress-{self.stage}"
+            self.group_id = f"{self.topic_prefix}{self.stage}"
 
     @property
     def dlq_topic(self) -> str:
@@ -354,6 +359,20 @@ def decode_dead_letter(data: bytes) -> dict[str, Any]:
     return msgpack.unpackb(data, raw=False)
 
 
+class _RebalanceLogger(ConsumerRebalanceListener):
+    """Logs partition assignments (aiokafka ConsumerRebalanceListener protocol)."""
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        if revoked:
+            log.info("%s: partitions revoked: %s", self.stage, sorted(tp.partition for tp in revoked))
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        log.info("%s: partitions assigned: %s", self.stage, sorted(tp.partition for tp in assigned))
+
+
 class StageService:
     """Run one stage as a Kafka consumer/producer.
 
@@ -433,12 +452,12 @@ class StageService:
                                           client_id=s.client_id or f"calexpress-{self.stage}")
         await self._producer.start()
         self._consumer = AIOKafkaConsumer(
-            s.input_topic, bootstrap_servers=s.brokers, group_id=s.group_id, enable_auto_commit=False,
+            bootstrap_servers=s.brokers, group_id=s.group_id, enable_auto_commit=False,
             auto_offset_reset="earliest", session_timeout_ms=s.session_timeout_ms,
             heartbeat_interval_ms=s.heartbeat_interval_ms, max_poll_interval_ms=3_600_000,
-            client_id=s.client_id or f"calexpress-{self.stage}",
-            rebalance_timeout_ms=s.session_timeout_ms * 2)
+            client_id=s.client_id or f"calexpress-{self.stage}")
         await self._consumer.start()
+        self._consumer.subscribe([s.input_topic], listener=_RebalanceLogger(self.stage))
         self._kafka_ok = True
 
     async def _stop_kafka(self) -> None:
@@ -602,7 +621,8 @@ class StageService:
         delay = self.settings.backoff_initial
         for attempt in range(1, self.settings.max_attempts + 1):
             try:
-                await self._producer.send_and_wait(self.settings.output_topic, data, key=event.key)
+                await self._producer.send_and_wait(self.settings.output_topic, data, key=event.key,
+                                                   headers=self._headers(event))
                 return
             except Exception as exc:
                 if attempt >= self.settings.max_attempts or not is_transient(exc):
@@ -611,6 +631,10 @@ class StageService:
                 metrics.RETRIES.labels(stage=self.stage).inc()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.backoff_max)
+
+    def _headers(self, event: Event) -> list[tuple[str, bytes]]:
+        return [("stage", self.stage.encode()), ("producer", _PRODUCER_ID.encode()),
+                ("trace-id", event.trace_id.encode())]
 
     async def _dead_letter(self, msg: Any, exc: BaseException, attempt: int, event_id: str = "") -> None:
         data = encode_dead_letter(original=msg.value, topic=msg.topic, partition=msg.partition,

@@ -88,9 +88,11 @@ def grid_offsets_mas(wcs: WCS, truth_wcs: WCS, nx: int = 2048, ny: int = 4096, n
     return np.hypot(dra * np.cos(np.radians(b[1])), a[1] - b[1]) * 3.6e6
 
 
-def truth_exposure(simcam_dir: Path, fr: types.SimpleNamespace, seed: int = 5, wcs: WCS | None = None):
+def truth_exposure(simcam_dir: Path, fr: types.SimpleNamespace, seed: int = 5, wcs: WCS | None = None,
+                   psf: str = "gaussian"):
     """A 'perfect ISR' Exposure: truth IMAGE + Gaussian noise (Poisson + read), truth SKY subtracted,
-    mask from the truth MASK (BAD, SAT), Gaussian PSF of the truth FWHM, header WCS (or ``wcs``)."""
+    mask from the truth MASK (BAD, SAT), header WCS (or ``wcs``) and a PSF: ``"gaussian"`` of the truth
+    FWHM, or ``"truth"``: the truth PSF image at the detector centre (a constant `PixelPsf`)."""
     from calexpress.exposure import Exposure
     from calexpress.psf import GaussianPsf
 
@@ -107,7 +109,14 @@ def truth_exposure(simcam_dir: Path, fr: types.SimpleNamespace, seed: int = 5, w
                    wcs=fr.header_wcs.deepcopy() if wcs is None else wcs, filter=fr.header["FILTER"])
     exp.mask[(tmask & 1) != 0] |= exp.get_plane_bitmask("BAD")
     exp.mask[(tmask & 4) != 0] |= exp.get_plane_bitmask("SAT")
-    exp.psf = GaussianPsf(float(np.median(grid["fwhm_px"])) / 2.3548, 41)
+    if psf == "truth":
+        from calexpress.psf import PixelPsf
+
+        cube = fits.getdata(tdir / "truth_psf.fits", 0).astype(np.float64)
+        img = cube[len(cube) // 2]
+        exp.psf = PixelPsf(img[None] / img.sum(), 1.0, 0, (1024.0, 2048.0), (2048.0, 4096.0), img.shape[0])
+    else:
+        exp.psf = GaussianPsf(float(np.median(grid["fwhm_px"])) / 2.3548, 41)
     return exp
 
 

@@ -97,4 +97,4 @@ def test_standards_found_in_nickel_frames(landolt_repo, nickel_dir, frame):
     assert nfound >= 3 and nfound >= len(ref) - 1
     assert spread < 0.3, f"zero-point spread {spread:.3f} mag"  # raw frames: no flat field
     assert 5 < np.hypot(*off) < 70  # the header WCS is 10-60 px off
-    assert 23.0 < zp < 27.0  # V zero point of a 1-m telescope, ADU
+    assert 25.5 < zp < 29.0  # V, ADU in 60 s: a 1-m telescope (22.7 ADU/s measured)

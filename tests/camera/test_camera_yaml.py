@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import yaml
 from astropy.io import fits
-
 from calexpress.calibs import CalibError, CrosstalkCalib, Defects, Linearizer
 from calexpress.camera import CameraError, available_cameras, get_camera, identify_camera, make_cd_matrix
 from calexpress.fitsio import FitsReadError
@@ -25,7 +24,9 @@ def test_packaged_cameras():
     det = ot.get_detector(0)
     assert det.bbox == Box(0, 0, 1018, 2000) and det.raw_shape == (2000, 1026)
     a10 = det["10"]
-    assert a10.raw_data_bbox == Box(517, 0, 509, 1000) and a10.raw_serial_overscan_bbox == Box(513, 0, 4, 1000)
+    assert a10.raw_data_bbox == Box(517, 0, 509, 1000) and a10.raw_serial_overscan_bbox == Box(
+        513, 0, 4, 1000
+    )
     assert a10.bbox == Box(509, 0, 509, 1000) and a10.gain == 1.74151
     sim = get_camera("simcamA").get_detector(0)
     flips = {a.name: a.flip_x for a in sim.amplifiers}
@@ -40,34 +41,80 @@ def test_packaged_cameras():
 def test_new_camera_needs_only_yaml(tmp_path):
     """A camera with two HDU-per-amp amplifiers, written as YAML only, reads its raw."""
     cfg = {
-        "name": "toy", "instrument": ["TOY"],
+        "name": "toy",
+        "instrument": ["TOY"],
         "raw": {"layout": "hdu_per_amp"},
-        "data_id_keys": {"visit": {"type": "int", "keyword": "EXPNUM"}, "ccd": {"type": "int", "value": 0},
-                         "filter": {"type": "str"}},
-        "header": {"exposure_time": "EXPTIME", "filter": "FILTER", "date": {"keyword": "DATE-OBS"},
-                   "boresight_ra": "RA", "boresight_dec": "DEC", "rotation": "ROT"},
+        "data_id_keys": {
+            "visit": {"type": "int", "keyword": "EXPNUM"},
+            "ccd": {"type": "int", "value": 0},
+            "filter": {"type": "str"},
+        },
+        "header": {
+            "exposure_time": "EXPTIME",
+            "filter": "FILTER",
+            "date": {"keyword": "DATE-OBS"},
+            "boresight_ra": "RA",
+            "boresight_dec": "DEC",
+            "rotation": "ROT",
+        },
         "wcs": {"method": "boresight"},
-        "detectors": [{"id": 0, "pixel_scale": 0.5, "amplifiers": [
-            {"name": "L", "hdu": 1, "raw_bbox": [0, 0, 12, 8], "raw_data_bbox": [2, 0, 10, 8],
-             "raw_serial_overscan_bbox": [0, 0, 2, 8], "bbox": "[1:10,1:8]", "gain": 2.0},
-            {"name": "R", "hdu": "AMPR", "raw_bbox": [12, 0, 12, 8], "raw_data_bbox": [14, 0, 10, 8],
-             "raw_serial_overscan_bbox": [12, 0, 2, 8], "bbox": "[20:11,1:8]", "gain": 2.0}]}],
+        "detectors": [
+            {
+                "id": 0,
+                "pixel_scale": 0.5,
+                "amplifiers": [
+                    {
+                        "name": "L",
+                        "hdu": 1,
+                        "raw_bbox": [0, 0, 12, 8],
+                        "raw_data_bbox": [2, 0, 10, 8],
+                        "raw_serial_overscan_bbox": [0, 0, 2, 8],
+                        "bbox": "[1:10,1:8]",
+                        "gain": 2.0,
+                    },
+                    {
+                        "name": "R",
+                        "hdu": "AMPR",
+                        "raw_bbox": [12, 0, 12, 8],
+                        "raw_data_bbox": [14, 0, 10, 8],
+                        "raw_serial_overscan_bbox": [12, 0, 2, 8],
+                        "bbox": "[20:11,1:8]",
+                        "gain": 2.0,
+                    },
+                ],
+            }
+        ],
     }
     path = tmp_path / "toy.yaml"
     path.write_text(yaml.safe_dump(cfg))
     cam = get_camera(str(path))
     assert cam.get_detector(0)["R"].flip_x and cam.get_detector(0).bbox == Box(0, 0, 20, 8)
-    hdr = fits.Header({"INSTRUME": "TOY", "EXPNUM": 7, "EXPTIME": 30.0, "FILTER": "V",
-                       "DATE-OBS": "2024-01-01T00:00:00", "RA": 10.0, "DEC": 20.0, "ROT": 30.0})
+    hdr = fits.Header(
+        {
+            "INSTRUME": "TOY",
+            "EXPNUM": 7,
+            "EXPTIME": 30.0,
+            "FILTER": "V",
+            "DATE-OBS": "2024-01-01T00:00:00",
+            "RA": 10.0,
+            "DEC": 20.0,
+            "ROT": 30.0,
+        }
+    )
     left = np.arange(96, dtype=np.uint16).reshape(8, 12)
-    hdul = fits.HDUList([fits.PrimaryHDU(header=hdr), fits.ImageHDU(left),
-                         fits.ImageHDU(left + 1000, name="AMPR")])
+    hdul = fits.HDUList(
+        [fits.PrimaryHDU(header=hdr), fits.ImageHDU(left), fits.ImageHDU(left + 1000, name="AMPR")]
+    )
     raw_path = tmp_path / "toy.fits"
     hdul.writeto(raw_path)
     exp = cam.read_raw(raw_path)
     assert exp.image.shape == (8, 24) and exp.image.dtype == np.float32
     assert exp.image[3, 14] == left[3, 2] + 1000
-    assert exp.filter == "V" and cam.metadata_to_data_id(exp.metadata) == {"visit": 7, "ccd": 0, "filter": "V"}
+    assert exp.filter == "V" and cam.metadata_to_data_id(exp.metadata) == {
+        "visit": 7,
+        "ccd": 0,
+        "filter": "V",
+    }
     vi = exp.visit_info
     assert vi.exposure_time == 30.0
     # start + 15 s, converted UTC -> TAI (37 s in 2024)
@@ -96,8 +143,9 @@ def test_obs_test_header_and_wcs(obs_test_repo):
     assert vi.exposure_id == 1 and vi.obs_type == "science"
     wcs = cam.initial_wcs(hdr, vi)
     # same pixel scale and orientation as the simulator's own header CD matrix (0.2"/px, rotated)
-    assert wcs.wcs.cd == pytest.approx(np.array([[hdr["CD1_1"], hdr["CD1_2"]], [hdr["CD2_1"], hdr["CD2_2"]]]),
-                                       rel=1e-4)
+    assert wcs.wcs.cd == pytest.approx(
+        np.array([[hdr["CD1_1"], hdr["CD1_2"]], [hdr["CD2_1"], hdr["CD2_2"]]]), rel=1e-4
+    )
     # the optical axis lies where LSST's focal plane puts it: boresight at CRPIX, shifted by the 4-px quirk
     assert wcs.wcs.crval == pytest.approx([79.2452196867, -9.70229541541])
     ra, dec = wcs.pixel_to_world_values(wcs.wcs.crpix[0] - 1, wcs.wcs.crpix[1] - 1)
@@ -119,9 +167,13 @@ def test_simcam_and_nickel_headers(simcam_dir, nickel_dir):
     assert exp.image.shape == (4112, 2208) and exp.metadata["EXPID"] == 1001 and "INSTRUME" in exp.metadata
     assert sim.metadata_to_data_id(exp.metadata) == {"visit": 1001, "ccd": 0, "filter": "g"}
     assert exp.visit_info.date.mjd == pytest.approx(61120.13489631589)
-    assert exp.visit_info.dark_time == 61.0 and exp.visit_info.boresight_rot_angle == pytest.approx(63.5459348)
+    assert exp.visit_info.dark_time == 61.0 and exp.visit_info.boresight_rot_angle == pytest.approx(
+        63.5459348
+    )
     assert exp.wcs.sip is not None
-    assert np.allclose(exp.wcs.pixel_to_world_values(1023.5, 2047.5), (161.40836495291242, 2.8243300687707436))
+    assert np.allclose(
+        exp.wcs.pixel_to_world_values(1023.5, 2047.5), (161.40836495291242, 2.8243300687707436)
+    )
     nik = get_camera("nickel")
     types = {}
     for n in (1001, 1035, 1048):
@@ -130,12 +182,16 @@ def test_simcam_and_nickel_headers(simcam_dir, nickel_dir):
         assert nik.metadata_to_data_id(hdr)["visit"] == n
     assert types == {1001: "bias", 1035: "flat", 1048: "science"}
     e = nik.read_raw(nickel_dir / "raw" / "d1048.fits")
-    assert e.filter == "V" and e.visit_info.boresight_ra_dec == pytest.approx((182.52625, 18.5426944), abs=1e-5)
+    assert e.filter == "V" and e.visit_info.boresight_ra_dec == pytest.approx(
+        (182.52625, 18.5426944), abs=1e-5
+    )
     assert e.wcs.pixel_to_world_values(511, 511) == pytest.approx((182.5262908936, 18.54287910461))
 
 
 def test_errors_name_the_file(tmp_path, nickel_dir, simcam_dir):
-    with pytest.raises(CameraError, match="simcamA_0001001_g.fits.fz: INSTRUME='simcamA' is not camera nickel"):
+    with pytest.raises(
+        CameraError, match="simcamA_0001001_g.fits.fz: INSTRUME='simcamA' is not camera nickel"
+    ):
         get_camera("nickel").read_raw(simcam_dir / "raw" / "simcamA_0001001_g.fits.fz")
     truncated = tmp_path / "d1048.fits"
     truncated.write_bytes((nickel_dir / "raw" / "d1048.fits").read_bytes()[:100_000])
@@ -146,15 +202,18 @@ def test_errors_name_the_file(tmp_path, nickel_dir, simcam_dir):
     with pytest.raises(CameraError, match=r"odd.fits: raw of an unknown camera \(INSTRUME='ACME'"):
         identify_camera(odd)
     shaped = tmp_path / "shape.fits"
-    fits.PrimaryHDU(np.zeros((10, 10), np.uint16),
-                    header=fits.Header({"INSTRUME": "Nickel Direct Camera"})).writeto(shaped)
+    fits.PrimaryHDU(
+        np.zeros((10, 10), np.uint16), header=fits.Header({"INSTRUME": "Nickel Direct Camera"})
+    ).writeto(shaped)
     with pytest.raises(CameraError, match="shape.fits: raw image is 10x10 pixels"):
         get_camera("nickel").read_raw(shaped)
     with pytest.raises(CameraError, match="unknown camera 'nope'"):
         get_camera("nope")
     bad_yaml = tmp_path / "bad.yaml"
-    bad_yaml.write_text("name: bad\ndetectors: [{id: 0, amplifiers: [{name: A, raw_data_bbox: [0, 0, 4, 4], "
-                        "bbox: [0, 0, 5, 4]}]}]\n")
+    bad_yaml.write_text(
+        "name: bad\ndetectors: [{id: 0, amplifiers: [{name: A, raw_data_bbox: [0, 0, 4, 4], "
+        "bbox: [0, 0, 5, 4]}]}]\n"
+    )
     with pytest.raises(CameraError, match="differ in size"):
         get_camera(str(bad_yaml))
 
@@ -191,6 +250,8 @@ def test_calib_readers(obs_test_repo, simcam_dir, tmp_path):
     lut.apply(data, "A")
     assert data.tolist() == [[4.5, 24.5]]
     xt = CrosstalkCalib.read(simcam_dir / "calib" / "crosstalk.yaml")
-    assert xt.amp_order == ["C00", "C01", "C02", "C03"] and xt.coeffs[1, 3] == pytest.approx(-0.00023548784077736596)
+    assert xt.amp_order == ["C00", "C01", "C02", "C03"] and xt.coeffs[1, 3] == pytest.approx(
+        -0.00023548784077736596
+    )
     with pytest.raises(CalibError, match="crosstalk.yaml: no detector 5"):
         CrosstalkCalib.read(simcam_dir / "calib" / "crosstalk.yaml", detector=5)

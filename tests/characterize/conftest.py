@@ -10,9 +10,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from truthframe import load_truth, make_exposure  # noqa: E402
-
 from calexpress.task import ExposureIdInfo, Struct  # noqa: E402
+from truthframe import load_truth, make_exposure  # noqa: E402
 
 _CACHE: dict[str, Struct] = {}
 
@@ -27,8 +26,9 @@ def characterize_frame(simcam_dir: Path, frame: str) -> Struct:
         raw = exposure.image.copy()
         task = CharacterizeImageTask()
         res = task.run(exposure, exposureIdInfo=ExposureIdInfo(int(truth["info"]["expid"]), 41))
-        _CACHE[frame] = Struct(truth=truth, raw=raw, result=res, task=task, exposure=res.exposure,
-                               catalog=res.sourceCat)
+        _CACHE[frame] = Struct(
+            truth=truth, raw=raw, result=res, task=task, exposure=res.exposure, catalog=res.sourceCat
+        )
     return _CACHE[frame]
 
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 from astropy.io import fits
-from conftest import match_to_truth
-
 from calexpress.psf import PixelPsf, adaptive_moments
+from conftest import match_to_truth
 
 
 def _shape_errors(psf, truth):
@@ -78,8 +77,11 @@ def test_psf_persists_as_psfex(char_r, tmp_path):
     from galsim.des import DES_PSFEx
 
     gpsf = DES_PSFEx(str(path))
-    img = gpsf.getPSF(galsim.PositionD(x + 1, y + 1)).drawImage(nx=psf.size, ny=psf.size, scale=1.0,
-                                                                method="no_pixel").array
+    img = (
+        gpsf.getPSF(galsim.PositionD(x + 1, y + 1))
+        .drawImage(nx=psf.size, ny=psf.size, scale=1.0, method="no_pixel")
+        .array
+    )
     ours = psf.compute_kernel_image(x, y)
     gi = img / img.sum()
     assert np.abs(gi - ours).max() < 0.02 * ours.max()

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 from astropy.table import Table
-
 from calexpress.exposure import Exposure
 
 FRAMES = ["simcamA_0001001_g_det0", "simcamA_0001002_r_det0", "simcamA_0001003_r_det0"]

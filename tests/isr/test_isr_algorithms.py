@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from calexpress.camera import Camera
 from calexpress.exposure import Exposure
 from calexpress.isr import IsrTask, IsrTaskConfig
@@ -60,9 +59,9 @@ def test_crosstalk_and_flips():
 
 def test_widen_grow_interpolate():
     mask = np.zeros((3, 40), np.int32)
-    mask[0, 10:20] = 2   # width 10 -> +4 each side
-    mask[1, 5:11] = 2    # width 6 -> +1
-    mask[2, 30:33] = 2   # width 3 -> 0
+    mask[0, 10:20] = 2  # width 10 -> +4 each side
+    mask[1, 5:11] = 2  # width 6 -> +1
+    mask[2, 30:33] = 2  # width 3 -> 0
     fn.widen_saturation_trails(mask, 2)
     assert np.flatnonzero(mask[0]).tolist() == list(range(6, 24))
     assert np.flatnonzero(mask[1]).tolist() == list(range(4, 12))
@@ -78,19 +77,44 @@ def test_widen_grow_interpolate():
     img[mask != 0] = np.nan
     n = fn.interpolate_over_mask(img, mask, 1, 4, fallback=-1.0, width=1)
     assert n == 6
-    assert img[0, 5:8].tolist() == pytest.approx([10.0, 12.0, 14.0])   # linear across the run
-    assert img[1, 0:3].tolist() == [6.0, 6.0, 6.0]                     # edge run: the one side
+    assert img[0, 5:8].tolist() == pytest.approx([10.0, 12.0, 14.0])  # linear across the run
+    assert img[1, 0:3].tolist() == [6.0, 6.0, 6.0]  # edge run: the one side
     assert (mask[mask != 0] & 4).all()
 
 
 def _toy_camera(saturation=5000.0):
-    return Camera({
-        "name": "toy2", "wcs": {"method": "header"},
-        "detectors": [{"id": 0, "pixel_scale": 1.0, "amplifiers": [
-            {"name": "L", "raw_data_bbox": [0, 0, 20, 30], "raw_serial_overscan_bbox": [20, 0, 8, 30],
-             "bbox": [0, 0, 20, 30], "gain": 2.0, "read_noise": 3.0, "saturation": saturation},
-            {"name": "R", "raw_data_bbox": [36, 0, 20, 30], "raw_serial_overscan_bbox": [28, 0, 8, 30],
-             "bbox": "[40:21,1:30]", "gain": 1.5, "read_noise": 4.0, "saturation": saturation}]}]})
+    return Camera(
+        {
+            "name": "toy2",
+            "wcs": {"method": "header"},
+            "detectors": [
+                {
+                    "id": 0,
+                    "pixel_scale": 1.0,
+                    "amplifiers": [
+                        {
+                            "name": "L",
+                            "raw_data_bbox": [0, 0, 20, 30],
+                            "raw_serial_overscan_bbox": [20, 0, 8, 30],
+                            "bbox": [0, 0, 20, 30],
+                            "gain": 2.0,
+                            "read_noise": 3.0,
+                            "saturation": saturation,
+                        },
+                        {
+                            "name": "R",
+                            "raw_data_bbox": [36, 0, 20, 30],
+                            "raw_serial_overscan_bbox": [28, 0, 8, 30],
+                            "bbox": "[40:21,1:30]",
+                            "gain": 1.5,
+                            "read_noise": 4.0,
+                            "saturation": saturation,
+                        },
+                    ],
+                }
+            ],
+        }
+    )
 
 
 def test_isr_task_end_to_end_on_synthetic_raw():
@@ -124,3 +148,48 @@ def test_isr_task_end_to_end_on_synthetic_raw():
     with pytest.raises(Exception, match="no bias"):
         c2 = IsrTaskConfig()
         IsrTask(config=c2).run(Exposure(raw), camera=cam)
+
+
+def test_make_bias_dark_flat_on_synthetic_raws():
+    from calexpress.isr.makecalibs import combine_frames, make_bias, make_dark, make_flat
+    from calexpress.visitinfo import VisitInfo
+
+    cam = _toy_camera(saturation=60000.0)
+    det = cam.get_detector(0)
+    rng = np.random.default_rng(4)
+    bias_pattern = rng.normal(0, 5.0, (30, 40)).astype(np.float32)  # ADU, assembled frame
+    dark_rate = np.abs(rng.normal(0.5, 0.1, (30, 40))).astype(np.float32)  # ADU/s
+    flat_true = (1.0 + 0.05 * rng.standard_normal((30, 40))).astype(np.float32)
+
+    def raw_frame(signal_adu, noise=1.0, oscan=1000.0, dark_time=0.0):
+        raw = np.zeros((30, 56), np.float32)
+        for amp in det.amplifiers:
+            sl = amp.bbox.slices
+            data = signal_adu[sl] + bias_pattern[sl] + dark_rate[sl] * dark_time
+            raw[amp.raw_data_bbox.slices] = amp.data_to_assembled(data) + oscan
+            raw[amp.raw_serial_overscan_bbox.slices] = oscan
+        raw += rng.normal(0, noise, raw.shape).astype(np.float32)
+        vi = VisitInfo(exposure_time=dark_time, dark_time=dark_time)
+        return Exposure(raw, detector=det, visit_info=vi)
+
+    zero = np.zeros((30, 40), np.float32)
+    biases = [raw_frame(zero, oscan=1000 + 10 * i) for i in range(7)]
+    master_bias = make_bias(biases, cam)
+    assert np.abs(master_bias.image - bias_pattern).max() < 2.0
+    assert master_bias.metadata["CALIBTYP"] == "bias" and master_bias.metadata["NINPUT"] == 7
+    darks = [raw_frame(zero, dark_time=100.0) for _ in range(5)]
+    master_dark = make_dark(darks, master_bias, cam)
+    assert np.abs(master_dark.image - dark_rate).max() < 0.05
+    gains = np.zeros((30, 40), np.float32)
+    for amp in det.amplifiers:
+        gains[amp.bbox.slices] = amp.gain
+    flats = [raw_frame(20000.0 * flat_true / gains * s, noise=5.0) for s in (1.0, 0.9, 1.1)]
+    master_flat = make_flat(flats, master_bias, None, cam)
+    assert float(np.median(master_flat.image)) == pytest.approx(1.0, abs=1e-6)
+    ratio = master_flat.image / flat_true
+    assert np.abs(ratio / np.median(ratio) - 1).max() < 0.003
+    # the clipped combination rejects a cosmic ray in one frame
+    frames = [np.full((4, 4), 10.0, np.float32) + i * 0.01 for i in range(5)]
+    frames[2][1, 1] = 1000.0
+    mean, _ = combine_frames(frames)
+    assert mean[1, 1] == pytest.approx(10.02, abs=0.02)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from calexpress.calibs import Defects
 from calexpress.camera import get_camera
 from calexpress.isr import IsrTask, IsrTaskConfig, apply_camera_overrides
@@ -20,9 +19,13 @@ def obs_test_runs(obs_test_repo):
     out = {}
     for visit, band in ((1, "g"), (2, "g"), (3, "r")):
         raw = cam.read_raw(obs_test_repo / "raw" / f"raw_v{visit}_f{band}.fits.gz")
-        raw_prescan = {a.name: float(np.median(raw.image[a.raw_serial_overscan_bbox.slices]))
-                       for a in raw.detector.amplifiers}
-        raw_data = {a.name: float(np.median(raw.image[a.raw_data_bbox.slices])) for a in raw.detector.amplifiers}
+        raw_prescan = {
+            a.name: float(np.median(raw.image[a.raw_serial_overscan_bbox.slices]))
+            for a in raw.detector.amplifiers
+        }
+        raw_data = {
+            a.name: float(np.median(raw.image[a.raw_data_bbox.slices])) for a in raw.detector.amplifiers
+        }
         task = IsrTask(config=apply_camera_overrides(IsrTaskConfig(), cam))
         out[visit] = (task.run(raw, defects=defects).exposure, defects, raw_prescan, raw_data)
     return out
@@ -61,5 +64,19 @@ def test_variance_is_signal_plus_read_noise(obs_test_runs):
     for amp in exp.detector.amplifiers:
         sl = amp.bbox.slices
         good = (exp.mask[sl] == 0) & (exp.image[sl] > 0)
-        expected = exp.image[sl][good] + amp.read_noise ** 2
+        expected = exp.image[sl][good] + amp.read_noise**2
         assert np.allclose(exp.variance[sl][good], expected, rtol=1e-5)
+
+
+def test_run_data_ref_on_gen2_repo(obs_test_repo):
+    """The Gen2 repository as it is: defects found through its calib registry, no bias/flat asked for."""
+    from calexpress.butler import Butler
+
+    butler = Butler(str(obs_test_repo))
+    cfg = apply_camera_overrides(IsrTaskConfig(), butler.camera)
+    cfg.doWrite = False
+    task = IsrTask(config=cfg)
+    exp = task.runDataRef(butler.dataRef("raw", visit=3)).exposure
+    assert exp.image.shape == (2000, 1018) and exp.filter == "r"
+    assert int(((exp.mask & exp.get_plane_bitmask("BAD")) != 0).sum()) == 1364
+    assert task.metadata["NUMINTERPOLATED"] == 1364

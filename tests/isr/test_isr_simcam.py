@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.table import Table
-
 from calexpress.calibs import CrosstalkCalib, Defects, Linearizer
 from calexpress.camera import get_camera
 from calexpress.isr import IsrTask, IsrTaskConfig, apply_camera_overrides
@@ -37,7 +36,7 @@ def _star_fluxes(image, sky, truth, bad, objects, radius=2):
         x, y = int(round(o["x"])), int(round(o["y"]))
         if not (radius <= x < nx - radius and radius <= y < ny - radius):
             continue
-        sl = np.s_[y - radius:y + radius + 1, x - radius:x + radius + 1]
+        sl = np.s_[y - radius : y + radius + 1, x - radius : x + radius + 1]
         if bad[sl].any():
             continue
         sums[kind][0] += float((image[sl] - sky[sl]).sum())
@@ -55,8 +54,10 @@ def simcam_results(simcam_dir):
     defects = Defects.read(cal / "defects_det0.fits")
     lin = Linearizer.read(cal / "linearizer.yaml", detector=0)
     xtalk = CrosstalkCalib.read(cal / "crosstalk.yaml", detector=0)
-    out = {"visits": {}, "stars": {True: {"bright": [0, 0], "faint": [0, 0]},
-                                   False: {"bright": [0, 0], "faint": [0, 0]}}}
+    out = {
+        "visits": {},
+        "stars": {True: {"bright": [0, 0], "faint": [0, 0]}, False: {"bright": [0, 0], "faint": [0, 0]}},
+    }
     for visit, band in VISITS:
         flat = fits.getdata(cal / f"flat_{band}_det0.fits", "IMAGE")
         raw = cam.read_raw(simcam_dir / "raw" / f"simcamA_{visit:07d}_{band}.fits.fz")
@@ -94,7 +95,10 @@ def simcam_results(simcam_dir):
             for amp in exp.detector.amplifiers:
                 g = good[amp.bbox.slices]
                 r = resid[amp.bbox.slices][g]
-                per_amp[amp.name] = (float(r.mean()), float((r / np.sqrt(exp.variance[amp.bbox.slices][g])).std()))
+                per_amp[amp.name] = (
+                    float(r.mean()),
+                    float((r / np.sqrt(exp.variance[amp.bbox.slices][g])).std()),
+                )
             m = exp.mask
             tsat = (tmask & TRUTH_SAT) != 0
             tdef = (tmask & (TRUTH_BAD | TRUTH_HOT)) != 0
@@ -105,11 +109,13 @@ def simcam_results(simcam_dir):
                 "n_truth_sat": int(tsat.sum()),
                 "bad_frac": float(((m & exp.get_plane_bitmask("BAD")) != 0)[tdef].mean()),
                 "n_truth_bad": int(tdef.sum()),
-                "interp_without_intrp": int((((m & interp_bits) != 0)
-                                             & ((m & exp.get_plane_bitmask("INTRP")) == 0)).sum()),
+                "interp_without_intrp": int(
+                    (((m & interp_bits) != 0) & ((m & exp.get_plane_bitmask("INTRP")) == 0)).sum()
+                ),
                 "n_intrp": int(((m & exp.get_plane_bitmask("INTRP")) != 0).sum()),
-                "unmasked_nan": int((np.isnan(exp.image)
-                                     & ((m & exp.get_plane_bitmask("UNMASKEDNAN")) == 0)).sum()),
+                "unmasked_nan": int(
+                    (np.isnan(exp.image) & ((m & exp.get_plane_bitmask("UNMASKEDNAN")) == 0)).sum()
+                ),
                 "shape": exp.image.shape,
                 "units": exp.metadata.get("BUNIT"),
                 "oscan_keys": [k for k in exp.metadata if str(k).startswith("ISR_OSCAN_LEVEL")],
@@ -168,8 +174,8 @@ def test_qa_metadata_and_zero_point(simcam_results):
 def test_crosstalk(simcam_results):
     xt = simcam_results["xtalk"]
     assert xt["n_strong"] > 100
-    assert abs(xt["slope_uncorrected"] - 1.0) < 0.05   # the signal really is crosstalk
-    assert abs(xt["slope"]) <= 0.05, xt                 # <= 5 % of it is left
+    assert abs(xt["slope_uncorrected"] - 1.0) < 0.05  # the signal really is crosstalk
+    assert abs(xt["slope"]) <= 0.05, xt  # <= 5 % of it is left
     assert abs(xt["mean_resid_strong"]) <= 0.05 * xt["mean_signal_strong"], xt
 
 
@@ -183,3 +189,28 @@ def test_linearity(simcam_results):
         ratios[corrected] = bright[corrected] / faint
     assert abs(ratios[True] - 1.0) <= 0.002, ratios
     assert abs(bright[True] - 1.0) < abs(bright[False] - 1.0), bright
+
+
+def test_run_data_ref_through_repository(simcam_dir, tmp_path):
+    """raws and the calib/ masters ingested as they are; runDataRef reads them and writes postISRCCD."""
+    from calexpress.butler import Butler
+    from calexpress.ingest import ingest_calibs, ingest_raws
+
+    repo = tmp_path / "repo"
+    assert not ingest_raws(
+        repo, "simcamA", [simcam_dir / "raw" / "simcamA_0001002_r.fits.fz"], mode="link"
+    ).failed
+    assert not ingest_calibs(
+        repo,
+        sorted((simcam_dir / "calib").glob("*_det0.fits"))
+        + [simcam_dir / "calib" / "linearizer.yaml", simcam_dir / "calib" / "crosstalk.yaml"],
+        mode="link",
+    ).failed
+    butler = Butler(str(repo))
+    exp = IsrTask(config=_config()).runDataRef(butler.dataRef("raw", visit=1002)).exposure
+    stored = butler.get("postISRCCD", visit=1002, ccd=0, filter="r")
+    assert np.array_equal(stored.image, exp.image) and np.array_equal(stored.mask, exp.mask)
+    with fits.open(simcam_dir / "truth" / "simcamA_0001002_r_det0" / "truth_image.fits") as hdul:
+        truth, tmask = hdul["IMAGE"].data, hdul["MASK"].data
+    good = (tmask == 0) & ((exp.mask & exp.get_plane_bitmask("BAD", "SAT", "INTRP")) == 0)
+    assert abs(float((exp.image - truth)[good].mean())) < 0.5

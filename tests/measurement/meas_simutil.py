@@ -9,9 +9,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.special import erf
-
 from calexpress.mask import DEFAULT_MASK_PLANES
+from scipy.special import erf
 
 try:  # pragma: no cover - depends on the other parts' progress
     from calexpress.exposure import Exposure as _Exposure
@@ -94,8 +93,9 @@ def make_exposure(image, variance, psf_sigma, mask=None):
     psf = SimpleGaussianPsf(psf_sigma)
     if _Exposure is not None:
         try:
-            return _Exposure(np.asarray(image, np.float32), mask=mask,
-                             variance=np.asarray(variance, np.float32), psf=psf)
+            return _Exposure(
+                np.asarray(image, np.float32), mask=mask, variance=np.asarray(variance, np.float32), psf=psf
+            )
         except Exception:  # noqa: BLE001
             pass
     return SimpleExposure(image, mask, np.asarray(variance, np.float32), psf=psf)
@@ -136,8 +136,14 @@ class GridPsf:
         from calexpress.measure_plugins import psf_images_from_grid
 
         k = self.kern[self._node(x, y)][None, None]
-        return psf_images_from_grid(np.ascontiguousarray(k), np.array([0.0]), np.array([0.0]),
-                                    np.array([float(x)]), np.array([float(y)]), 5)[0]
+        return psf_images_from_grid(
+            np.ascontiguousarray(k),
+            np.array([0.0]),
+            np.array([0.0]),
+            np.array([float(x)]),
+            np.array([float(y)]),
+            5,
+        )[0]
 
     def compute_shape(self, x=None, y=None):
         if x is None:
@@ -153,7 +159,7 @@ class GridPsf:
 
 
 def load_simcam_frame(simcam_dir, frame="simcamA_0001001_g_det0", seed=0, read_noise=6.0):
-    """Truth IMAGE minus truth SKY plus Gaussian noise (sky + source + read noise), truth objects and a GridPsf.
+    """Truth IMAGE - SKY + Gaussian noise (sky + source + read noise), truth objects and a GridPsf.
 
     Returns (exposure, objects, psf, noise_free_image, variance).
     """

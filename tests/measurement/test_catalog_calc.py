@@ -5,11 +5,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from meas_simutil import make_exposure, pixel_gaussian, star_field
-
 from calexpress.catalog_calc import CatalogCalculationTask
 from calexpress.detection import SourceDetectionConfig, SourceDetectionTask
 from calexpress.measurement import SingleFrameMeasurementTask
+from meas_simutil import make_exposure, pixel_gaussian, star_field
 
 
 def test_extendedness_and_area():

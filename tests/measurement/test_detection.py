@@ -6,11 +6,10 @@ import math
 
 import numpy as np
 import pytest
-from meas_simutil import make_exposure, pixel_gaussian, star_field
-
 from calexpress.detection import SourceDetectionConfig, SourceDetectionTask, make_source_catalog
 from calexpress.mask import DEFAULT_MASK_PLANES
 from calexpress.task import ExposureIdInfo
+from meas_simutil import make_exposure, pixel_gaussian, star_field
 
 SIGMA = 1.8
 SKY_VAR = 400.0
@@ -47,7 +46,7 @@ def test_noise_level_is_smoothed_image_sigma_and_no_false_detections():
     assert res.numPos <= 2
     edge = 1 << DEFAULT_MASK_PLANES["EDGE"]
     assert (exp.mask[0, :] & edge).all() and (exp.mask[:, width // 2 - 1] & edge).all()
-    assert not (exp.mask[width // 2, width // 2:-width // 2] & edge).any()
+    assert not (exp.mask[width // 2, width // 2 : -width // 2] & edge).any()
 
 
 @pytest.mark.parametrize("snr, min_completeness, max_completeness", [(10.0, 0.95, 1.0), (5.5, 0.5, 0.9)])
@@ -95,8 +94,9 @@ def test_footprints_grown_and_detected_mask():
 def test_negative_polarity_and_include_multiplier():
     rng = np.random.default_rng(9)
     shape = (300, 300)
-    _, noisy, var = star_field(shape, [80.0, 200.0], [150.0, 150.0], [_snr_flux(30), _snr_flux(8)], SIGMA,
-                               SKY_VAR, rng)
+    _, noisy, var = star_field(
+        shape, [80.0, 200.0], [150.0, 150.0], [_snr_flux(30), _snr_flux(8)], SIGMA, SKY_VAR, rng
+    )
     noisy -= 2 * pixel_gaussian(shape, 150, 60, SIGMA, _snr_flux(30)).astype(np.float32)
     exp = make_exposure(noisy, var, SIGMA)
     res = _task(thresholdPolarity="both").run(None, exp)
@@ -114,7 +114,9 @@ def test_reestimate_background_removes_offset():
     pytest.importorskip("calexpress.background")
     rng = np.random.default_rng(11)
     shape = (512, 512)
-    _, noisy, var = star_field(shape, [200.0, 300.0], [200.0, 350.0], [_snr_flux(40)] * 2, SIGMA, SKY_VAR, rng)
+    _, noisy, var = star_field(
+        shape, [200.0, 300.0], [200.0, 350.0], [_snr_flux(40)] * 2, SIGMA, SKY_VAR, rng
+    )
     # a residual background of 1.5 e- (3 sigma of the smoothed image: below threshold) with a gradient
     yy, xx = np.mgrid[0:512, 0:512]
     offset = 1.0 + 1.0 * xx / 512.0
@@ -124,7 +126,6 @@ def test_reestimate_background_removes_offset():
     assert res.numPos == 2
     assert abs(float(np.mean(exp.image[20:220, 290:490]))) < 0.4
     assert abs(float(np.mean(exp.image[290:490, 20:220]))) < 0.4
-
 
 
 def test_make_source_catalog_columns():

@@ -1,4 +1,4 @@
-"""Detection and measurement on simcamA truth images (noise-free IMAGE - SKY + our noise) against truth_objects.
+"""Detection and measurement on simcamA truth images (IMAGE - SKY + our noise) against truth_objects.
 
 Acceptance points (issue 4 points 4-5, issue 5 point 3) measured here on the three simcamA frames with the
 truth PSF (``truth_psf.fits``, nearest grid node) installed:
@@ -15,12 +15,11 @@ import math
 
 import numpy as np
 import pytest
-from meas_simutil import load_simcam_frame
-from scipy.spatial import cKDTree
-
 from calexpress.detection import SourceDetectionConfig, SourceDetectionTask
 from calexpress.measure_plugins import psf_images_from_grid
 from calexpress.measurement import SingleFrameMeasurementTask
+from meas_simutil import load_simcam_frame
+from scipy.spatial import cKDTree
 
 FRAMES = ["simcamA_0001001_g_det0", "simcamA_0001002_r_det0", "simcamA_0001003_r_det0"]
 
@@ -56,7 +55,7 @@ def _truth_stats(obj, psf, var):
 def test_detection_completeness_and_purity(measured):
     found_by_bin = {10: [], 5.5: []}
     n_spurious = n_bright = 0
-    for exp, obj, psf, var, cat in measured:
+    for _exp, obj, psf, var, cat in measured:
         o, iso, snr, _ = _truth_stats(obj, psf, var)
         pk = np.c_[cat["base_SdssCentroid_x"], cat["base_SdssCentroid_y"]]
         d, _ = cKDTree(pk).query(np.c_[o["x"], o["y"]])
@@ -64,14 +63,20 @@ def test_detection_completeness_and_purity(measured):
         found_by_bin[10].append(found[iso & (snr >= 9) & (snr < 11)])
         found_by_bin[5.5].append(found[iso & (snr >= 5) & (snr < 6)])
         sn = np.asarray(cat["base_PsfFlux_instFlux"] / cat["base_PsfFlux_instFluxErr"])
-        good = (sn > 10) & ~np.asarray(cat["base_PixelFlags_flag_edge"]) & ~np.asarray(cat["base_SdssCentroid_flag"])
+        good = (
+            (sn > 10)
+            & ~np.asarray(cat["base_PixelFlags_flag_edge"])
+            & ~np.asarray(cat["base_SdssCentroid_flag"])
+        )
         dd, _ = cKDTree(np.c_[obj["x"], obj["y"]]).query(pk[good])
         n_spurious += int((dd > 1.5).sum())
         n_bright += int(good.sum())
     c10 = np.concatenate(found_by_bin[10])
     c55 = np.concatenate(found_by_bin[5.5])
-    print(f"completeness S/N 9-11: {c10.mean():.3f} of {c10.size}; S/N 5-6: {c55.mean():.3f} of {c55.size}; "
-          f"spurious above S/N 10: {n_spurious}/{n_bright}")
+    print(
+        f"completeness S/N 9-11: {c10.mean():.3f} of {c10.size}; S/N 5-6: {c55.mean():.3f} of {c55.size}; "
+        f"spurious above S/N 10: {n_spurious}/{n_bright}"
+    )
     assert c10.size >= 20 and c55.size >= 30
     assert c10.mean() >= 0.95
     assert c55.mean() >= 0.50
@@ -80,7 +85,7 @@ def test_detection_completeness_and_purity(measured):
 
 def test_centroids_against_cramer_rao(measured):
     ratios, lims = [], []
-    for exp, obj, psf, var, cat in measured:
+    for _exp, obj, psf, var, cat in measured:
         o, iso, snr, nodes = _truth_stats(obj, psf, var)
         pk = np.c_[cat["base_SdssCentroid_x"], cat["base_SdssCentroid_y"]]
         d, j = cKDTree(pk).query(np.c_[o["x"], o["y"]])
@@ -90,27 +95,33 @@ def test_centroids_against_cramer_rao(measured):
             node = nodes[s]
             k = np.ascontiguousarray(psf.kern[node][None, None])
             h = k.shape[-1] // 2
-            ims = [psf_images_from_grid(k, np.zeros(1), np.zeros(1), np.array([x + e]), np.array([y]), 5)[0]
-                   for e in (1e-3, -1e-3)]
+            ims = [
+                psf_images_from_grid(k, np.zeros(1), np.zeros(1), np.array([x + e]), np.array([y]), 5)[0]
+                for e in (1e-3, -1e-3)
+            ]
             ix, iy = round(x), round(y)
-            vv = var[iy - h:iy + h + 1, ix - h:ix + h + 1]
+            vv = var[iy - h : iy + h + 1, ix - h : ix + h + 1]
             dm = f * psf.sum_in_stamp[node] * (ims[0] - ims[1]) / 2e-3
             crb = 1.0 / math.sqrt(np.sum(dm**2 / vv))
             dx = cat["base_SdssCentroid_x"][j[s]] - x
             dy = cat["base_SdssCentroid_y"][j[s]] - y
             ratios.append((dx * dx + dy * dy) / 2 / crb**2)
             lims.append((dx * dx + dy * dy) / 2 / max(1.2 * crb, 0.015) ** 2)
-    print(f"{len(ratios)} stars with S/N > 100: RMS / CRB = {math.sqrt(np.mean(ratios)):.3f}, "
-          f"RMS / max(1.2 CRB, 0.015) = {math.sqrt(np.mean(lims)):.3f}")
+    print(
+        f"{len(ratios)} stars with S/N > 100: RMS / CRB = {math.sqrt(np.mean(ratios)):.3f}, "
+        f"RMS / max(1.2 CRB, 0.015) = {math.sqrt(np.mean(lims)):.3f}"
+    )
     assert len(ratios) >= 40
     assert math.sqrt(np.mean(lims)) <= 1.0
 
 
 def test_psf_flux_against_truth(measured):
     ratios = []
-    for exp, obj, psf, var, cat in measured:
+    for _exp, obj, psf, var, cat in measured:
         o, iso, snr, nodes = _truth_stats(obj, psf, var)
-        d, j = cKDTree(np.c_[cat["base_SdssCentroid_x"], cat["base_SdssCentroid_y"]]).query(np.c_[o["x"], o["y"]])
+        d, j = cKDTree(np.c_[cat["base_SdssCentroid_x"], cat["base_SdssCentroid_y"]]).query(
+            np.c_[o["x"], o["y"]]
+        )
         sel = iso & (snr > 100) & (d < 1.0)
         flux = np.asarray(cat["base_PsfFlux_instFlux"])[j[sel]]
         ratios.append(flux / (o["flux_e"][sel] * psf.sum_in_stamp[nodes[sel]]))

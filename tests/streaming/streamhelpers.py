@@ -45,7 +45,8 @@ class ServiceProcs:
         full_env["PYTHONUNBUFFERED"] = "1"
         full_env.update(env or {})
         log = open(self.tmp / f"{name or stage}-{port}.log", "ab")
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env,
+                                start_new_session=True)
         log.close()
         proc.metrics_port = port  # type: ignore[attr-defined]
         proc.log_path = self.tmp / f"{name or stage}-{port}.log"  # type: ignore[attr-defined]
@@ -72,7 +73,7 @@ def metric_value(port: int, name: str, **labels) -> float:
     return total
 
 
-async def _collect(bootstrap: str, topic: str, n: int | None, timeout: float, idle: float):
+async def _collect(bootstrap: str, topic: str, n: int | None, timeout: float, idle: float, until=None):
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
@@ -102,11 +103,18 @@ async def _collect(bootstrap: str, topic: str, n: int | None, timeout: float, id
                     last = time.monotonic()
             if n is not None and len(out) >= n and time.monotonic() - last > idle:
                 break
+            if until is not None and until(out) and time.monotonic() - last > idle:
+                break
     finally:
         await c.stop()
     return out
 
 
-def collect(bootstrap: str, topic: str, n: int | None = None, timeout: float = 60.0, idle: float = 1.0):
-    """Messages of ``topic`` from the beginning: waits for ``n`` (then ``idle`` s more) or ``timeout``."""
-    return asyncio.run(_collect(bootstrap, topic, n, timeout, idle))
+def collect(bootstrap: str, topic: str, n: int | None = None, timeout: float = 60.0, idle: float = 1.0,
+            until=None):
+    """Messages of ``topic`` from the beginning.
+
+    Waits for ``n`` messages or for ``until(messages)`` to be true (then ``idle`` s
+    more, to catch extra messages), or ``timeout``.
+    """
+    return asyncio.run(_collect(bootstrap, topic, n, timeout, idle, until))
