@@ -50,16 +50,8 @@ class ProcessCcdConfig(Config):
 
 
 def exposure_id_info(dataRef: Any) -> ExposureIdInfo:
-    """Return the `ExposureIdInfo` of a data reference (source ids derive from it).
-
-    The camera may define it (``camera.exposure_id_info(dataId)``); otherwise
-    the id is the ``visit`` key (LSST obs_test: ``ccdExposureId = visit``, 41 bits).
-    """
-    camera = getattr(getattr(dataRef, "butler", None), "camera", None)
-    maker = getattr(camera, "exposure_id_info", None)
-    if maker is not None:
-        return maker(dict(dataRef.dataId))
-    return ExposureIdInfo(int(dataRef.dataId.get("visit", 0)), 41)
+    """Return the `ExposureIdInfo` of a data reference (source ids derive from it)."""
+    return ExposureIdInfo.from_data_ref(dataRef)
 
 
 class ProcessCcdTask(Task):

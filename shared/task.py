@@ -176,6 +176,30 @@ class ExposureIdInfo:
         self.expId = int(expId)
         self.expBits = int(expBits)
 
+    @classmethod
+    def from_data_id(cls, data_id: dict, camera: Any = None) -> ExposureIdInfo:
+        """The exposure id of a CCD's data ID, as the camera defines it.
+
+        A camera may provide ``exposure_id_info(data_id)``; otherwise the id is
+        ``visit`` for a one-detector camera and ``visit * n_detectors + ccd``
+        for a mosaic, with ``camera.exposure_id_bits`` bits (41 by default, as
+        LSST's obs_test: source ids ``(visit << 23) + n``).
+        """
+        maker = getattr(camera, "exposure_id_info", None)
+        if callable(maker):
+            return maker(dict(data_id))
+        visit = int(data_id.get("visit", 0) or 0)
+        ccd = int(data_id.get("ccd", 0) or 0)
+        n_det = len(getattr(camera, "detectors", None) or {}) or 1
+        bits = int(getattr(camera, "exposure_id_bits", None) or 41)
+        return cls(visit * n_det + ccd if n_det > 1 else visit, bits)
+
+    @classmethod
+    def from_data_ref(cls, dataRef: Any) -> ExposureIdInfo:
+        """`from_data_id` for a butler data reference (uses its butler's camera)."""
+        camera = getattr(getattr(dataRef, "butler", None), "camera", None)
+        return cls.from_data_id(dict(dataRef.dataId), camera)
+
     @property
     def unusedBits(self) -> int:
         """Bits left for the per-source counter."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,3 +42,31 @@ def obs_test_repo() -> Path:
 def nickel_dir() -> Path:
     """``../shared/data/nickel``."""
     return _need(DATA_DIR / "nickel")
+
+
+#: The bucket the session's SeaweedFS server creates.
+BUCKET = "calexpress-test"
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """A running ``weed mini`` with bucket ``calexpress-test``; calexpress.storage points at it."""
+    from calexpress.streaming.seaweedfs import SeaweedFS, SeaweedFSError, find_weed
+
+    try:
+        find_weed()
+    except SeaweedFSError as exc:
+        pytest.skip(str(exc))
+    server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"), buckets=[BUCKET], start_timeout=40)
+    server.start()
+    saved = {k: os.environ.get(k) for k in server.env()}
+    os.environ.update(server.env())
+    try:
+        yield server
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        server.stop()

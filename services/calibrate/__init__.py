@@ -9,8 +9,23 @@ from .refcat import LoadIndexedReferenceObjectsConfig, LoadIndexedReferenceObjec
 from .wcs_fitter import FitTanSipWcsConfig, FitTanSipWcsTask
 
 __all__ = [
-    "AstrometryConfig", "AstrometryTask", "CalibrateConfig", "CalibrateTask", "Colorterm", "ColortermDict",
-    "ColortermLibrary", "FitTanSipWcsConfig", "FitTanSipWcsTask", "LoadIndexedReferenceObjectsConfig",
-    "LoadIndexedReferenceObjectsTask", "MatchPatternConfig", "MatchPatternTask", "MatcherFailure",
-    "PhotoCalConfig", "PhotoCalTask", "ReferenceCatalogError", "SourceDeblendConfig", "SourceDeblendTask",
+    "AstrometryConfig",
+    "AstrometryTask",
+    "CalibrateConfig",
+    "CalibrateTask",
+    "Colorterm",
+    "ColortermDict",
+    "ColortermLibrary",
+    "FitTanSipWcsConfig",
+    "FitTanSipWcsTask",
+    "LoadIndexedReferenceObjectsConfig",
+    "LoadIndexedReferenceObjectsTask",
+    "MatchPatternConfig",
+    "MatchPatternTask",
+    "MatcherFailure",
+    "PhotoCalConfig",
+    "PhotoCalTask",
+    "ReferenceCatalogError",
+    "SourceDeblendConfig",
+    "SourceDeblendTask",
 ]

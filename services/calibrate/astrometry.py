@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 from astropy.table import Table
-
 from calexpress.config import Config, ConfigurableField, Field, RangeField
 from calexpress.task import Struct, Task, TaskError, timeMethod
 
@@ -56,7 +55,9 @@ def centroid_errors(sourceCat: Table, floor: float = 0.005) -> np.ndarray:
     return np.full(len(sourceCat), np.nan)
 
 
-def select_astrometry_sources(sourceCat: Table, fluxField: str, minSnr: float, badFlags: list[str]) -> np.ndarray:
+def select_astrometry_sources(
+    sourceCat: Table, fluxField: str, minSnr: float, badFlags: list[str]
+) -> np.ndarray:
     """LSST MatcherSourceSelector: S/N > minSnr, finite centroid and flux, no bad flags, not a parent."""
     x, y = centroids(sourceCat)
     flux = _column(sourceCat, fluxField).astype(float)
@@ -84,12 +85,18 @@ class AstrometryConfig(Config):
     matcher = ConfigurableField(target=MatchPatternTask, doc="Pattern matcher")
     wcsFitter = ConfigurableField(target=FitTanSipWcsTask, doc="TAN-SIP fitter")
     maxIter = RangeField(dtype=int, default=3, min=1, doc="Match+fit iterations")
-    minMatchDistanceArcSec = RangeField(dtype=float, default=0.001, min=0, doc="Stop below this match distance")
+    minMatchDistanceArcSec = RangeField(
+        dtype=float, default=0.001, min=0, doc="Stop below this match distance"
+    )
     matchDistanceSigma = RangeField(dtype=float, default=2.0, min=0, doc="Match radius = mean + this * std")
     forceKnownWcs = Field(dtype=bool, default=False, doc="Do not fit; only match with the input WCS")
-    sourceFluxType = Field(dtype=str, default="Ap", doc="Source flux slot used for selection (Ap, Psf, Calib)")
+    sourceFluxType = Field(
+        dtype=str, default="Ap", doc="Source flux slot used for selection (Ap, Psf, Calib)"
+    )
     minSnr = RangeField(
-        dtype=float, default=10.0, min=0,
+        dtype=float,
+        default=10.0,
+        min=0,
         doc="sourceSelector minimum S/N (LSST: 40; the weighted fit makes fainter stars useful)",
     )
     badFlags = Field(
@@ -98,10 +105,15 @@ class AstrometryConfig(Config):
         "base_PixelFlags_flag_saturatedCenter,slot_Centroid_flag",
         doc="Comma-separated flags that exclude a source",
     )
-    doWeightedFit = Field(dtype=bool, default=True, doc="Weight the WCS fit by the centroid errors (calexpress)")
+    doWeightedFit = Field(
+        dtype=bool, default=True, doc="Weight the WCS fit by the centroid errors (calexpress)"
+    )
     minMatches = RangeField(dtype=int, default=6, min=3, doc="Fail with fewer matches than this")
     maxOffsetArcsec = RangeField(
-        dtype=float, default=150.0, min=0, doc="Largest prior-WCS position error searched (arcsec; calexpress)"
+        dtype=float,
+        default=150.0,
+        min=0,
+        doc="Largest prior-WCS position error searched (arcsec; calexpress)",
     )
     finalMatchRadiusArcsec = RangeField(
         dtype=float, default=1.0, min=0, doc="Largest match distance kept after the last fit (arcsec)"
@@ -142,7 +154,9 @@ class AstrometryTask(Task):
         return None
 
     @timeMethod
-    def run(self, sourceCat: Table, exposure, refCat: Table | None = None, fluxField: str | None = None) -> Struct:
+    def run(
+        self, sourceCat: Table, exposure, refCat: Table | None = None, fluxField: str | None = None
+    ) -> Struct:
         """Match ``sourceCat`` to the reference catalog, fit the WCS and set it on ``exposure``.
 
         Returns
@@ -175,8 +189,14 @@ class AstrometryTask(Task):
             refCat, fluxField = res.refCat, res.fluxField
             matchMeta = self.refObjLoader.getMetadataBox(bbox, wcs0, filterName, epoch)
         else:
-            matchMeta = {"RA": float("nan"), "DEC": float("nan"), "RADIUS": 0.0, "SMATCHV": 1,
-                         "FILTER": filterName or "", "EPOCH": epoch or 0.0}
+            matchMeta = {
+                "RA": float("nan"),
+                "DEC": float("nan"),
+                "RADIUS": 0.0,
+                "SMATCHV": 1,
+                "FILTER": filterName or "",
+                "EPOCH": epoch or 0.0,
+            }
         if len(refCat) == 0:
             raise TaskError(f"astrometry: no reference stars in the field of view (filter {filterName!r})")
         t_load = time.perf_counter()
@@ -191,22 +211,30 @@ class AstrometryTask(Task):
         )
         s_idx = np.nonzero(sel)[0]
         if len(s_idx) < cfg.minMatches:
-            raise TaskError(f"astrometry: only {len(s_idx)} sources with S/N > {cfg.minSnr} (need {cfg.minMatches})")
+            raise TaskError(
+                f"astrometry: only {len(s_idx)} sources with S/N > {cfg.minSnr} (need {cfg.minMatches})"
+            )
         sx, sy = x[s_idx], y[s_idx]
         ssig = centroid_errors(sourceCat)[s_idx]
         sflux = _column(sourceCat, flux_slot)[s_idx].astype(float)
         ref_ra = np.degrees(np.asarray(refCat["coord_ra"], float))
         ref_dec = np.degrees(np.asarray(refCat["coord_dec"], float))
-        ref_flux = np.asarray(refCat[fluxField], float) if fluxField in refCat.colnames else np.ones(len(refCat))
+        ref_flux = (
+            np.asarray(refCat[fluxField], float) if fluxField in refCat.colnames else np.ones(len(refCat))
+        )
         rx, ry = wcs0.all_world2pix(ref_ra, ref_dec, 0, quiet=True)
         wcs = wcs0
         if cfg.forceKnownWcs:
-            i_s, i_r, _ = match_xy(np.column_stack([sx, sy]), np.column_stack([rx, ry]),
-                                   cfg.finalMatchRadiusArcsec / pixscale)
+            i_s, i_r, _ = match_xy(
+                np.column_stack([sx, sy]), np.column_stack([rx, ry]), cfg.finalMatchRadiusArcsec / pixscale
+            )
         else:
             try:
                 m = self.matcher.matchPixels(
-                    np.column_stack([sx, sy]), sflux, np.column_stack([rx, ry]), ref_flux,
+                    np.column_stack([sx, sy]),
+                    sflux,
+                    np.column_stack([rx, ry]),
+                    ref_flux,
                     ((nx - 1) / 2.0, (ny - 1) / 2.0),
                 )
             except MatcherFailure as exc:
@@ -216,23 +244,41 @@ class AstrometryTask(Task):
             self.metadata["matcherScale"] = m.scale
             self.metadata["matcherOffsetPix"] = list(m.offset)
             scatter = None
-            for it in range(cfg.maxIter):
+            for _ in range(cfg.maxIter):
                 if len(i_s) < cfg.minMatches:
                     raise TaskError(f"astrometry: too few matches ({len(i_s)}, need {cfg.minMatches})")
-                fit = self.wcsFitter.fitWcs(sx[i_s], sy[i_s], ref_ra[i_r], ref_dec[i_r], wcs, bbox,
-                                            sigma=ssig[i_s] if cfg.doWeightedFit else None, priorWcs=wcs0)
+                fit = self.wcsFitter.fitWcs(
+                    sx[i_s],
+                    sy[i_s],
+                    ref_ra[i_r],
+                    ref_dec[i_r],
+                    wcs,
+                    bbox,
+                    sigma=ssig[i_s] if cfg.doWeightedFit else None,
+                    priorWcs=wcs0,
+                )
                 wcs = fit.wcs
                 scatter = fit.scatterOnSky
                 # Re-match with the new WCS.
                 px, py = wcs.all_world2pix(ref_ra, ref_dec, 0, quiet=True)
                 d = np.hypot(*fit.residuals[fit.used].T) / pixscale
                 radius = float(np.mean(d) + cfg.matchDistanceSigma * np.std(d))
-                radius = min(max(radius, 3.0 * float(np.median(d)), 0.5), cfg.finalMatchRadiusArcsec / pixscale)
+                radius = min(
+                    max(radius, 3.0 * float(np.median(d)), 0.5), cfg.finalMatchRadiusArcsec / pixscale
+                )
                 i_s, i_r, _ = match_xy(np.column_stack([sx, sy]), np.column_stack([px, py]), radius)
                 if float(np.max(d)) * pixscale < cfg.minMatchDistanceArcSec:
                     break
-            fit = self.wcsFitter.fitWcs(sx[i_s], sy[i_s], ref_ra[i_r], ref_dec[i_r], wcs, bbox,
-                                            sigma=ssig[i_s] if cfg.doWeightedFit else None, priorWcs=wcs0)
+            fit = self.wcsFitter.fitWcs(
+                sx[i_s],
+                sy[i_s],
+                ref_ra[i_r],
+                ref_dec[i_r],
+                wcs,
+                bbox,
+                sigma=ssig[i_s] if cfg.doWeightedFit else None,
+                priorWcs=wcs0,
+            )
             wcs = fit.wcs
             i_s, i_r = i_s[fit.used], i_r[fit.used]
             scatter = fit.scatterOnSky
@@ -254,13 +300,31 @@ class AstrometryTask(Task):
         if "centroid_x" in refCat.colnames:
             px, py = wcs.all_world2pix(ref_ra, ref_dec, 0, quiet=True)
             refCat["centroid_x"], refCat["centroid_y"] = px, py
-        self.metadata.update({
-            "numMatches": int(len(src_rows)), "scatterOnSkyArcsec": float(scatter or 0.0),
-            "astromRmsMas": rms_mas, "numRefObjects": int(len(refCat)), "numSources": int(len(s_idx)),
-            "refLoadSeconds": t_load - t0, "solveSeconds": t_fit - t_load,
-        })
-        self.log.info("Matched and fit WCS: %d matches, rms %.1f mas (%.3f s solve)", len(src_rows), rms_mas,
-                      t_fit - t_load)
+        self.metadata.update(
+            {
+                "numMatches": int(len(src_rows)),
+                "scatterOnSkyArcsec": float(scatter or 0.0),
+                "astromRmsMas": rms_mas,
+                "numRefObjects": int(len(refCat)),
+                "numSources": int(len(s_idx)),
+                "refLoadSeconds": t_load - t0,
+                "solveSeconds": t_fit - t_load,
+            }
+        )
+        self.log.info(
+            "Matched and fit WCS: %d matches, rms %.1f mas (%.3f s solve)",
+            len(src_rows),
+            rms_mas,
+            t_fit - t_load,
+        )
         matches = Struct(i_src=src_rows, i_ref=i_r, distance=dist)
-        return Struct(refCat=refCat, fluxField=fluxField, matches=matches, scatterOnSky=scatter,
-                      matchMeta=matchMeta, wcs=wcs, rmsMas=rms_mas, solveSeconds=t_fit - t_load)
+        return Struct(
+            refCat=refCat,
+            fluxField=fluxField,
+            matches=matches,
+            scatterOnSky=scatter,
+            matchMeta=matchMeta,
+            wcs=wcs,
+            rmsMas=rms_mas,
+            solveSeconds=t_fit - t_load,
+        )

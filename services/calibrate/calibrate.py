@@ -13,7 +13,7 @@ Per-CCD summary keywords written to the calexp metadata (see ``docs`` and `SUMMA
 ``COLORTERM1..3`` the colour term c0, c1, c2 applied
 ``ASTRMRMS`` astrometric RMS of the matches (mas); ``ASTRNMAT`` number of astrometric matches
 ``NPSFSTAR`` number of PSF stars (icSrc ``calib_psf_used``)
-``LIMMAG5``  5σ point-source limiting magnitude (AB) for the whole exposure
+``LIMMAG5``  5σ point-source limiting magnitude (AB), total flux: MAGZERO scale, n_eff = 4π PSFSIGMA²
 ``CALIB_OK`` False when calibration failed (``CALIBERR`` holds the one-line reason)
 =========== ==========================================================================
 """
@@ -26,18 +26,23 @@ from typing import Any
 
 import numpy as np
 from astropy.table import Table, hstack
-
 from calexpress.config import Config, ConfigurableField, Field, ListField, RangeField
 from calexpress.task import ExposureIdInfo, Struct, Task, TaskError, timeMethod
 
 from .astrometry import AstrometryTask, centroids, set_sky_coords
 from .deblend import SourceDeblendTask
 from .matcher import match_xy
-from .photocal import PhotoCalTask, _column, direct_match
+from .photocal import PhotoCalTask, direct_match
 from .refcat import LoadIndexedReferenceObjectsTask
 from .sky_sources import SkyObjectsTask
 
-__all__ = ["SUMMARY_KEYWORDS", "CalibrateConfig", "CalibrateTask", "add_calibrated_fluxes", "make_match_tables"]
+__all__ = [
+    "SUMMARY_KEYWORDS",
+    "CalibrateConfig",
+    "CalibrateTask",
+    "add_calibrated_fluxes",
+    "make_match_tables",
+]
 
 SUMMARY_KEYWORDS = {
     "PSFSIGMA": "[pixel] PSF determinant radius at the detector centre",
@@ -71,22 +76,23 @@ def _optional(modules: str | tuple[str, ...], name: str) -> type:
             return getattr(importlib.import_module(module), name)
         except (ImportError, AttributeError) as err:
             exc = err
-    if True:
-        reason = f"{modules}.{name} is not available ({exc})"
+    reason = f"{modules}.{name} is not available ({exc})"
 
-        class _Missing(Task):
-            ConfigClass = Config
-            _DefaultName = name
+    class _Missing(Task):
+        ConfigClass = Config
+        _DefaultName = name
 
-            def __init__(self, *args: Any, **kwargs: Any) -> None:
-                kwargs.pop("schema", None)
-                super().__init__(**{k: v for k, v in kwargs.items() if k in ("config", "name", "parentTask", "log")})
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.pop("schema", None)
+            super().__init__(
+                **{k: v for k, v in kwargs.items() if k in ("config", "name", "parentTask", "log")}
+            )
 
-            def run(self, *args: Any, **kwargs: Any) -> Any:
-                raise TaskError(reason)
+        def run(self, *args: Any, **kwargs: Any) -> Any:
+            raise TaskError(reason)
 
-        _Missing.__name__ = name
-        return _Missing
+    _Missing.__name__ = name
+    return _Missing
 
 
 SourceDetectionTask = _optional("calexpress.detection", "SourceDetectionTask")
@@ -106,11 +112,16 @@ class CalibrateConfig(Config):
     doWriteMatchesDenormalized = Field(dtype=bool, default=False, doc="Write srcMatchFull (joined matches)")
     doWriteExposure = Field(dtype=bool, default=True, doc="Write calexp and calexpBackground")
     doWriteUncalibratedOnFailure = Field(
-        dtype=bool, default=False,
+        dtype=bool,
+        default=False,
         doc="On a calibration failure write the calexp uncalibrated with CALIB_OK=False (calexpress)",
     )
-    astromRefObjLoader = ConfigurableField(target=LoadIndexedReferenceObjectsTask, doc="Astrometric refcat loader")
-    photoRefObjLoader = ConfigurableField(target=LoadIndexedReferenceObjectsTask, doc="Photometric refcat loader")
+    astromRefObjLoader = ConfigurableField(
+        target=LoadIndexedReferenceObjectsTask, doc="Astrometric refcat loader"
+    )
+    photoRefObjLoader = ConfigurableField(
+        target=LoadIndexedReferenceObjectsTask, doc="Photometric refcat loader"
+    )
     astrometry = ConfigurableField(target=AstrometryTask, doc="Astrometric calibration")
     requireAstrometry = Field(dtype=bool, default=True, doc="Fail if astrometry fails")
     doAstrometry = Field(dtype=bool, default=True, doc="Run astrometric calibration")
@@ -118,7 +129,8 @@ class CalibrateConfig(Config):
     requirePhotoCal = Field(dtype=bool, default=True, doc="Fail if photometric calibration fails")
     doPhotoCal = Field(dtype=bool, default=True, doc="Run photometric calibration")
     icSourceFieldsToCopy = ListField(
-        dtype=str, default=["calib_psf_candidate", "calib_psf_used", "calib_psf_reserved"],
+        dtype=str,
+        default=["calib_psf_candidate", "calib_psf_used", "calib_psf_reserved"],
         doc="icSrc fields copied to src by position",
     )
     matchRadiusPix = RangeField(dtype=float, default=3.0, min=0, doc="icSrc-src match radius (pixels)")
@@ -164,8 +176,10 @@ def add_calibrated_fluxes(cat: Table, photoCalib) -> None:
         cat[f"{base}_magErr"].unit = "mag"
 
 
-def make_match_tables(sourceCat: Table, refCat: Table, matches: Struct, matchMeta: dict) -> tuple[Table, Table]:
-    """Return ``(srcMatch, srcMatchFull)``: (first=ref id, second=src id, distance rad) and the joined rows."""
+def make_match_tables(
+    sourceCat: Table, refCat: Table, matches: Struct, matchMeta: dict
+) -> tuple[Table, Table]:
+    """Return ``(srcMatch, srcMatchFull)``: (first=ref id, second=src id, distance rad) and joined rows."""
     i_src, i_ref = np.asarray(matches.i_src, int), np.asarray(matches.i_ref, int)
     norm = Table()
     norm["first"] = np.asarray(refCat["id"], np.int64)[i_ref]
@@ -199,11 +213,19 @@ class CalibrateTask(Task):
     ConfigClass = CalibrateConfig
     _DefaultName = "calibrate"
 
-    def __init__(self, butler: Any = None, astromRefObjLoader: Any = None, photoRefObjLoader: Any = None,
-                 icSourceSchema: Any = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        butler: Any = None,
+        astromRefObjLoader: Any = None,
+        photoRefObjLoader: Any = None,
+        icSourceSchema: Any = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         if astromRefObjLoader is None and butler is not None and self.config.doAstrometry:
-            astromRefObjLoader = LoadIndexedReferenceObjectsTask(butler, config=self.config.astromRefObjLoader)
+            astromRefObjLoader = LoadIndexedReferenceObjectsTask(
+                butler, config=self.config.astromRefObjLoader
+            )
         if photoRefObjLoader is None and butler is not None and self.config.doPhotoCal:
             photoRefObjLoader = LoadIndexedReferenceObjectsTask(butler, config=self.config.photoRefObjLoader)
         self.astromRefObjLoader = astromRefObjLoader
@@ -224,8 +246,13 @@ class CalibrateTask(Task):
 
     # ----------------------------------------------------------------------------------------------
     @timeMethod
-    def run(self, exposure, exposureIdInfo: ExposureIdInfo | None = None, background=None,
-            icSourceCat: Table | None = None) -> Struct:
+    def run(
+        self,
+        exposure,
+        exposureIdInfo: ExposureIdInfo | None = None,
+        background=None,
+        icSourceCat: Table | None = None,
+    ) -> Struct:
         """Calibrate ``exposure`` in place.
 
         Returns
@@ -265,8 +292,9 @@ class CalibrateTask(Task):
                 if self.config.requireAstrometry:
                     self._fail(exposure, failure)
                 else:
-                    self.log.warning("Unable to perform astrometric calibration (%s): attempting to proceed",
-                                     failure)
+                    self.log.warning(
+                        "Unable to perform astrometric calibration (%s): attempting to proceed", failure
+                    )
         if not wcs_ok and exposure.wcs is not None:
             x, y = centroids(sourceCat)
             set_sky_coords(sourceCat, exposure.wcs, x, y)
@@ -278,8 +306,9 @@ class CalibrateTask(Task):
                 if self.config.requirePhotoCal:
                     self._fail(exposure, failure)
                 else:
-                    self.log.warning("Unable to perform photometric calibration (%s): attempting to proceed",
-                                     failure)
+                    self.log.warning(
+                        "Unable to perform photometric calibration (%s): attempting to proceed", failure
+                    )
         if photoCalib is None:
             photoCalib = getattr(exposure, "photo_calib", None)
         else:
@@ -294,9 +323,19 @@ class CalibrateTask(Task):
         srcMatch = srcMatchFull = None
         if astromMatches is not None and refCat is not None and len(astromMatches.i_src):
             srcMatch, srcMatchFull = make_match_tables(sourceCat, refCat, astromMatches, matchMeta)
-        return Struct(exposure=exposure, sourceCat=sourceCat, background=background, astromMatches=astromMatches,
-                      matchMeta=matchMeta, photoCalib=photoCalib, refCat=refCat, srcMatch=srcMatch,
-                      srcMatchFull=srcMatchFull, calibOk=calib_ok, failure=failure)
+        return Struct(
+            exposure=exposure,
+            sourceCat=sourceCat,
+            background=background,
+            astromMatches=astromMatches,
+            matchMeta=matchMeta,
+            photoCalib=photoCalib,
+            refCat=refCat,
+            srcMatch=srcMatch,
+            srcMatchFull=srcMatchFull,
+            calibOk=calib_ok,
+            failure=failure,
+        )
 
     def _fail(self, exposure, reason: str) -> None:
         md = exposure.metadata
@@ -342,8 +381,9 @@ class CalibrateTask(Task):
         if "sky_source" in sourceCat.colnames:
             ok &= ~np.asarray(sourceCat["sky_source"], bool)
         cand = np.nonzero(ok)[0]
-        i_ic, i_s, _ = match_xy(np.column_stack([ix, iy]), np.column_stack([sx[cand], sy[cand]]),
-                                self.config.matchRadiusPix)
+        i_ic, i_s, _ = match_xy(
+            np.column_stack([ix, iy]), np.column_stack([sx[cand], sy[cand]]), self.config.matchRadiusPix
+        )
         rows = cand[i_s]
         detected = np.zeros(len(sourceCat), bool)
         detected[rows] = True
@@ -364,8 +404,15 @@ class CalibrateTask(Task):
         if loader is not None and (loader is not self.astromRefObjLoader or refCat is None):
             ny, nx = exposure.image.shape
             vi = getattr(exposure, "visit_info", None)
-            epoch = self.astrometry._epoch(exposure) if cfg.doAstrometry else (
-                float(vi.date.tai.mjd) if vi is not None and getattr(vi, "date", None) is not None else None)
+            epoch = (
+                self.astrometry._epoch(exposure)
+                if cfg.doAstrometry
+                else (
+                    float(vi.date.tai.mjd)
+                    if vi is not None and getattr(vi, "date", None) is not None
+                    else None
+                )
+            )
             res = loader.loadPixelBox((0, 0, nx, ny), exposure.wcs, filterName, epoch)
             prefCat, fluxField = res.refCat, res.fluxField
         elif refCat is not None:
@@ -381,7 +428,9 @@ class CalibrateTask(Task):
         matches = direct_match(sourceCat, prefCat, self.photoCal.config.matchRadius)
         if "deblend_nChild" in sourceCat.colnames:
             keep = np.asarray(sourceCat["deblend_nChild"])[matches.i_src] == 0
-            matches = Struct(i_src=matches.i_src[keep], i_ref=matches.i_ref[keep], distance=matches.distance[keep])
+            matches = Struct(
+                i_src=matches.i_src[keep], i_ref=matches.i_ref[keep], distance=matches.distance[keep]
+            )
         pres = self.photoCal.run(exposure, sourceCat, matches, prefCat, filterName, fluxField)
         used = pres.used
         sourceCat["calib_photometry_used"] = used
@@ -423,8 +472,7 @@ class CalibrateTask(Task):
                 _set(md, "PSFSIGMA", round(sigma, 4), SUMMARY_KEYWORDS["PSFSIGMA"])
                 _set(md, "PSFFWHM", round(2.3548 * sigma * pixscale, 4), SUMMARY_KEYWORDS["PSFFWHM"])
                 _set(md, "PSFELLIP", round(ell, 4), SUMMARY_KEYWORDS["PSFELLIP"])
-                k = np.asarray(psf.compute_kernel_image(cx, cy), float)
-                neff = float(k.sum() ** 2 / np.sum(k**2))
+                neff = 4.0 * math.pi * sigma**2  # effective area of a Gaussian of this size (LSST m5)
             except Exception as exc:  # a PSF model that cannot be evaluated must not lose the calexp
                 self.log.warning("PSF summary failed: %s", exc)
         if background is not None:
@@ -450,7 +498,9 @@ class CalibrateTask(Task):
             _set(md, "NPSFSTAR", int(np.sum(icSourceCat["calib_psf_used"])), SUMMARY_KEYWORDS["NPSFSTAR"])
         if photoCalib is not None and np.isfinite(noise) and np.isfinite(neff) and noise > 0:
             flux5 = 5.0 * noise * math.sqrt(neff)
-            _set(md, "LIMMAG5", round(float(photoCalib.instflux_to_magnitude(flux5)), 4), SUMMARY_KEYWORDS["LIMMAG5"])
+            apcorr = float(md.get("MAGZERO_APCORR", 0.0) or 0.0)
+            limmag = float(photoCalib.instflux_to_magnitude(flux5)) + apcorr
+            _set(md, "LIMMAG5", round(limmag, 4), SUMMARY_KEYWORDS["LIMMAG5"])
 
     # ----------------------------------------------------------------------------------------------
     def runDataRef(self, dataRef, exposure=None, background=None, icSourceCat=None, doUnpersist: bool = True):

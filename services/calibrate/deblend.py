@@ -17,7 +17,6 @@ from typing import Any
 import numba
 import numpy as np
 from astropy.table import Table, vstack
-
 from calexpress.config import Config, Field, ListField, RangeField
 from calexpress.task import ExposureIdInfo, Struct, Task, timeMethod
 
@@ -121,11 +120,17 @@ class SourceDeblendConfig(Config):
 
     maxNumberOfPeaks = RangeField(dtype=int, default=0, min=0, doc="Only the brightest N peaks (0 = all)")
     maxFootprintArea = RangeField(dtype=int, default=1000000, min=0, doc="Skip larger footprints (pixels)")
-    maxFootprintSize = RangeField(dtype=int, default=0, min=0, doc="Skip footprints with a larger bbox side (0=any)")
+    maxFootprintSize = RangeField(
+        dtype=int, default=0, min=0, doc="Skip footprints with a larger bbox side (0=any)"
+    )
     minFootprintAxisRatio = RangeField(dtype=float, default=0.0, min=0, doc="Skip thinner footprints")
-    tinyFootprintSize = RangeField(dtype=int, default=2, min=0, doc="Children with a smaller footprint: no template")
+    tinyFootprintSize = RangeField(
+        dtype=int, default=2, min=0, doc="Children with a smaller footprint: no template"
+    )
     monotonicTemplate = Field(dtype=bool, default=True, doc="Monotonic templates (SDSS)")
-    minPeakSeparation = RangeField(dtype=float, default=1.5, min=0, doc="Drop peaks closer than this (pixels)")
+    minPeakSeparation = RangeField(
+        dtype=float, default=1.5, min=0, doc="Drop peaks closer than this (pixels)"
+    )
     maskPlanes = ListField(dtype=str, default=["SAT", "INTRP", "NO_DATA"], doc="Planes counted by maskLimits")
     notDeblendedMask = Field(dtype=str, default="NOT_DEBLENDED", doc="Mask plane for skipped footprints")
     catchFailures = Field(dtype=bool, default=False, doc="Continue after a failure on one footprint")
@@ -150,9 +155,14 @@ class SourceDeblendTask(Task):
         cfg = self.config
         fps = getattr(sources, "footprints", None)
         n = len(sources)
-        for name, dtype in (("deblend_nChild", np.int32), ("deblend_tooManyPeaks", bool),
-                            ("deblend_parentTooBig", bool), ("deblend_skipped", bool),
-                            ("deblend_masked", bool), ("deblend_deblendedAsPsf", bool)):
+        for name, dtype in (
+            ("deblend_nChild", np.int32),
+            ("deblend_tooManyPeaks", bool),
+            ("deblend_parentTooBig", bool),
+            ("deblend_skipped", bool),
+            ("deblend_masked", bool),
+            ("deblend_deblendedAsPsf", bool),
+        ):
             if name not in sources.colnames:
                 sources[name] = np.zeros(n, dtype)
         if "deblend_nPeaks" not in sources.colnames:
@@ -167,8 +177,9 @@ class SourceDeblendTask(Task):
         ids = np.asarray(sources["id"], np.int64)
         id_info = exposureIdInfo or ExposureIdInfo()
         next_n = int(ids.max() - (id_info.expId << id_info.unusedBits if id_info.unusedBits < 63 else 0)) + 1
-        child_rows: dict[str, list] = {c: [] for c in ("parent", "footprint", "peak_x", "peak_y", "peak_value",
-                                                        "peak_significance")}
+        child_rows: dict[str, list] = {
+            c: [] for c in ("parent", "footprint", "peak_x", "peak_y", "peak_value", "peak_significance")
+        }
         n_child = np.asarray(sources["deblend_nChild"]).copy()
         too_many = np.asarray(sources["deblend_tooManyPeaks"]).copy()
         too_big = np.asarray(sources["deblend_parentTooBig"]).copy()
@@ -180,7 +191,8 @@ class SourceDeblendTask(Task):
             i = int(fp_col[row])
             bb = fps.bbox(i)
             if (cfg.maxFootprintSize and max(bb.width, bb.height) > cfg.maxFootprintSize) or (
-                    fps.npix[i] > cfg.maxFootprintArea):
+                fps.npix[i] > cfg.maxFootprintArea
+            ):
                 too_big[row] = skipped[row] = True
                 continue
             peaks = fps.peaks(i)
@@ -189,8 +201,11 @@ class SourceDeblendTask(Task):
                 peaks = peaks[: cfg.maxNumberOfPeaks]
             keep: list[int] = []
             for k in range(len(peaks)):
-                if all(np.hypot(peaks["x"][k] - peaks["x"][j], peaks["y"][k] - peaks["y"][j]) >= cfg.minPeakSeparation
-                       for j in keep):
+                if all(
+                    np.hypot(peaks["x"][k] - peaks["x"][j], peaks["y"][k] - peaks["y"][j])
+                    >= cfg.minPeakSeparation
+                    for j in keep
+                ):
                     keep.append(k)
             peaks = peaks[keep]
             if len(peaks) < 2:
@@ -242,8 +257,13 @@ class SourceDeblendTask(Task):
             for cid, hf in zip(new_ids, new_heavy):
                 heavy[int(cid)] = hf
         sources.heavy_footprints = heavy
-        self.log.info("Deblended: of %d sources, %d were deblended, creating %d children, %d total", n,
-                      int(np.sum(n_child > 0)), nc, len(sources))
+        self.log.info(
+            "Deblended: of %d sources, %d were deblended, creating %d children, %d total",
+            n,
+            int(np.sum(n_child > 0)),
+            nc,
+            len(sources),
+        )
         return Struct(nChildren=nc, heavy_footprints=heavy)
 
 

@@ -13,10 +13,9 @@ matcher never returns a solution it cannot support.
 from __future__ import annotations
 
 import numpy as np
-from scipy.spatial import cKDTree
-
 from calexpress.config import Config, Field, RangeField
 from calexpress.task import Struct, Task, TaskError
+from scipy.spatial import cKDTree
 
 __all__ = ["MatchPatternConfig", "MatchPatternTask", "MatcherFailure", "fit_affine", "match_xy"]
 
@@ -40,7 +39,9 @@ def apply_affine(m: np.ndarray, xy: np.ndarray) -> np.ndarray:
     return xy @ m[:, :2].T + m[:, 2]
 
 
-def match_xy(src_xy: np.ndarray, ref_xy: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def match_xy(
+    src_xy: np.ndarray, ref_xy: np.ndarray, radius: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Match each source to its nearest reference within ``radius``, one-to-one (closest wins).
 
     Returns
@@ -66,15 +67,22 @@ def match_xy(src_xy: np.ndarray, ref_xy: np.ndarray, radius: float) -> tuple[np.
 class MatchPatternConfig(Config):
     """Configuration of `MatchPatternTask` (names after LSST's MatchPessimisticBTask)."""
 
-    numBrightStars = RangeField(dtype=int, default=150, min=10, doc="Brightest sources/refs used for the search")
+    numBrightStars = RangeField(
+        dtype=int, default=150, min=10, doc="Brightest sources/refs used for the search"
+    )
     minMatchedPairs = RangeField(dtype=int, default=15, min=3, doc="Minimum matched pairs for a solution")
     minFracMatchedPairs = RangeField(
-        dtype=float, default=0.3, min=0, max=1,
+        dtype=float,
+        default=0.3,
+        min=0,
+        max=1,
         doc="Minimum fraction of the usable sources (or refs, whichever is fewer) that must match",
     )
     maxOffsetPix = RangeField(dtype=float, default=700.0, min=0, doc="Largest offset searched (pixels)")
     maxRotationDeg = RangeField(dtype=float, default=2.5, min=0, doc="Largest rotation searched (degrees)")
-    maxScaleError = RangeField(dtype=float, default=0.025, min=0, doc="Largest fractional scale error searched")
+    maxScaleError = RangeField(
+        dtype=float, default=0.025, min=0, doc="Largest fractional scale error searched"
+    )
     binSizePix = RangeField(dtype=float, default=8.0, min=0.5, doc="Offset histogram bin size (pixels)")
     minVoteSignificance = RangeField(
         dtype=float, default=8.0, min=0, doc="Vote peak must exceed chance by this many Poisson sigma"
@@ -205,12 +213,24 @@ class MatchPatternTask(Task):
         k = int(np.argmax(h2))
         vote = float(h2.flat[k])
         ix, iy = np.unravel_index(k, h2.shape)
-        sel = (d[:, 0] >= edges[ix]) & (d[:, 0] < edges[ix + 2]) & (d[:, 1] >= edges[iy]) & (d[:, 1] < edges[iy + 2])
+        sel = (
+            (d[:, 0] >= edges[ix])
+            & (d[:, 0] < edges[ix + 2])
+            & (d[:, 1] >= edges[iy])
+            & (d[:, 1] < edges[iy + 2])
+        )
         off = tuple(np.median(d[sel], axis=0))
         chance = len(d) * area_frac
         signif = (vote - chance) / np.sqrt(max(chance, 1.0))
-        self.log.debug("matcher vote %d (chance %.2f, %.1f sigma) rot %.3f scale %.4f off %s",
-                       vote, chance, signif, th, sc, off)
+        self.log.debug(
+            "matcher vote %d (chance %.2f, %.1f sigma) rot %.3f scale %.4f off %s",
+            vote,
+            chance,
+            signif,
+            th,
+            sc,
+            off,
+        )
         if signif < cfg.minVoteSignificance or vote < min(cfg.minMatchedPairs, 0.5 * min(len(s_b), len(r_b))):
             raise MatcherFailure(
                 f"no pattern match: best vote {int(vote)} pairs vs {chance:.1f} expected by chance "
@@ -252,8 +272,14 @@ class MatchPatternTask(Task):
             )
         lin = affine[:, :2]
         return Struct(
-            i_src=i_src, i_ref=i_ref, dist=dist, affine=affine, vote=int(vote), chance=float(chance),
+            i_src=i_src,
+            i_ref=i_ref,
+            dist=dist,
+            affine=affine,
+            vote=int(vote),
+            chance=float(chance),
             rotationDeg=float(np.degrees(np.arctan2(lin[1, 0] - lin[0, 1], lin[0, 0] + lin[1, 1]))),
-            scale=float(np.sqrt(abs(np.linalg.det(lin)))), offset=(float(off[0]), float(off[1])),
+            scale=float(np.sqrt(abs(np.linalg.det(lin)))),
+            offset=(float(off[0]), float(off[1])),
             radius=float(radius),
         )

@@ -14,13 +14,17 @@ import math
 
 import numpy as np
 from astropy.table import Table
-
 from calexpress.config import ChoiceField, Config, ConfigDictField, DictField, Field, RangeField
 from calexpress.photocalib import AB_ZERO_POINT_NJY, PhotoCalib
 from calexpress.task import Struct, Task, TaskError
 
 __all__ = [
-    "Colorterm", "ColortermDict", "ColortermLibrary", "PhotoCalConfig", "PhotoCalTask", "direct_match",
+    "Colorterm",
+    "ColortermDict",
+    "ColortermLibrary",
+    "PhotoCalConfig",
+    "PhotoCalTask",
+    "direct_match",
     "get_zero_point",
 ]
 
@@ -66,7 +70,9 @@ class ColortermDict(Config):
 class ColortermLibrary(Config):
     """Colour terms by reference catalog name (glob patterns allowed) and filter."""
 
-    data = ConfigDictField(keytype=str, itemtype=ColortermDict, default={}, doc="Refcat name -> ColortermDict")
+    data = ConfigDictField(
+        keytype=str, itemtype=ColortermDict, default={}, doc="Refcat name -> ColortermDict"
+    )
 
     def getColorterm(self, filterName: str, photoCatName: str, doRaise: bool = True) -> Colorterm | None:
         """Return the colour term for a filter and reference catalog, or None / KeyError."""
@@ -108,8 +114,13 @@ def direct_match(sourceCat: Table, refCat: Table, radius_arcsec: float = 0.25) -
 
 
 def get_zero_point(
-    src_mag: np.ndarray, ref_mag: np.ndarray, mag_err: np.ndarray, nSigma: float = 3.0, sigmaMax: float = 0.25,
-    nIter: int = 20, useMedian: bool = True,
+    src_mag: np.ndarray,
+    ref_mag: np.ndarray,
+    mag_err: np.ndarray,
+    nSigma: float = 3.0,
+    sigmaMax: float = 0.25,
+    nIter: int = 20,
+    useMedian: bool = True,
 ) -> Struct:
     """LSST ``PhotoCalTask.getZeroPoint``: returns ``Struct(zp, sigma, ngood, good)``."""
     dmag = np.asarray(ref_mag, float) - np.asarray(src_mag, float)
@@ -150,36 +161,48 @@ class PhotoCalConfig(Config):
 
     fluxField = Field(dtype=str, default="slot_CalibFlux_instFlux", doc="Source flux used for the zero point")
     applyColorTerms = Field(
-        dtype=bool, default=None, optional=True,
+        dtype=bool,
+        default=None,
+        optional=True,
         doc="Apply colour terms: True = required, False = never, None = if the library has them",
     )
     colorterms = ConfigDictField(
-        keytype=str, itemtype=ColortermDict, default={},
+        keytype=str,
+        itemtype=ColortermDict,
+        default={},
         doc="ColortermLibrary data: reference catalog name (glob) -> filter -> Colorterm",
     )
     colortermSpecs = DictField(
-        keytype=str, itemtype=str, default={},
+        keytype=str,
+        itemtype=str,
+        default={},
         doc="calexpress: colour terms as plain strings (camera YAML friendly), added to colorterms: "
         "'<refcat name or glob>:<filter>' -> '<primary>,<secondary>,<c0>,<c1>,<c2>'",
     )
-    photoCatName = Field(dtype=str, default=None, optional=True, doc="Reference catalog name for colour terms")
+    photoCatName = Field(
+        dtype=str, default=None, optional=True, doc="Reference catalog name for colour terms"
+    )
     magErrFloor = RangeField(dtype=float, default=0.0, min=0.0, doc="Added in quadrature to magnitude errors")
     nSigma = RangeField(dtype=float, default=3.0, min=0, doc="Clipping threshold (sigma)")
     sigmaMax = RangeField(dtype=float, default=0.25, min=0, doc="Maximum sigma used in clipping")
     nIter = RangeField(dtype=int, default=20, min=1, doc="Maximum clipping iterations")
     useMedian = Field(dtype=bool, default=True, doc="Centre on the median (else the mean)")
-    magLimitBright = Field(dtype=float, default=None, optional=True, doc="Drop reference stars brighter (mag)")
+    magLimitBright = Field(
+        dtype=float, default=None, optional=True, doc="Drop reference stars brighter (mag)"
+    )
     magLimitFaint = Field(dtype=float, default=None, optional=True, doc="Drop reference stars fainter (mag)")
     matchRadius = RangeField(dtype=float, default=0.25, min=0, doc="Source-reference match radius (arcsec)")
     minSnr = RangeField(dtype=float, default=0.0, min=0, doc="Minimum source S/N in fluxField")
     badFlags = Field(
-        dtype=str, default="base_PixelFlags_flag_edge,base_PixelFlags_flag_interpolated,base_PixelFlags_flag_saturated",
+        dtype=str,
+        default="base_PixelFlags_flag_edge,base_PixelFlags_flag_interpolated,base_PixelFlags_flag_saturated",
         doc="Comma-separated source flags that exclude a star (ScienceSourceSelector doFlags)",
     )
     doUnresolved = Field(dtype=bool, default=True, doc="Require base_ClassificationExtendedness_value < 0.5")
     minStars = RangeField(dtype=int, default=3, min=1, doc="Fail with fewer usable stars")
     apertureToTotal = ChoiceField(
-        dtype=str, default="none",
+        dtype=str,
+        default="none",
         doc="calexpress: correction of MAGZERO from the calibration aperture to total flux "
         "(the PhotoCalib itself stays on the calibration-aperture scale, as in LSST)",
         allowed={
@@ -193,10 +216,13 @@ class PhotoCalConfig(Config):
     )
     calibApertureRadius = RangeField(dtype=float, default=12.0, min=0, doc="Radius of fluxField (pixels)")
     totalFluxField = Field(
-        dtype=str, default="base_CircularApertureFlux_35_0_instFlux",
+        dtype=str,
+        default="base_CircularApertureFlux_50_0_instFlux",
         doc="Large-aperture flux used by apertureToTotal='catalog'",
     )
-    totalFluxNumStars = RangeField(dtype=int, default=25, min=3, doc="Brightest stars used for totalFluxField")
+    totalFluxNumStars = RangeField(
+        dtype=int, default=25, min=3, doc="Brightest stars used for totalFluxField"
+    )
 
 
 def _column(cat: Table, name: str) -> np.ndarray:
@@ -252,7 +278,9 @@ class PhotoCalTask(Task):
         filterName = filterName or (exposure.filter if exposure is not None else None) or ""
         flux = _column(sourceCat, cfg.fluxField)[i_src].astype(float)
         try:
-            flux_err = _column(sourceCat, cfg.fluxField.replace("_instFlux", "_instFluxErr"))[i_src].astype(float)
+            flux_err = _column(sourceCat, cfg.fluxField.replace("_instFlux", "_instFluxErr"))[i_src].astype(
+                float
+            )
         except KeyError:
             flux_err = np.sqrt(np.abs(flux))
         good = np.isfinite(flux) & (flux > 0) & np.isfinite(flux_err) & (flux_err > 0)
@@ -303,8 +331,9 @@ class PhotoCalTask(Task):
                 f"photometric calibration: {int(good.sum())} usable matched stars (need {cfg.minStars})"
             )
         idx = np.nonzero(good)[0]
-        zp = get_zero_point(src_mag[idx], ref_mag[idx], mag_err[idx], cfg.nSigma, cfg.sigmaMax, cfg.nIter,
-                            cfg.useMedian)
+        zp = get_zero_point(
+            src_mag[idx], ref_mag[idx], mag_err[idx], cfg.nSigma, cfg.sigmaMax, cfg.nIter, cfg.useMedian
+        )
         used = np.zeros(len(sourceCat), bool)
         used[i_src[idx[zp.good]]] = True
         ap_to_total = 0.0
@@ -313,10 +342,19 @@ class PhotoCalTask(Task):
         elif cfg.apertureToTotal == "psfModel":
             ap_to_total = self._psf_aperture_to_total(exposure)
         photoCalib = PhotoCalib.from_zero_point(zp.zp, zp.sigma)
-        self.log.info("Magnitude zero point: %.4f +/- %.4f from %d stars (rms %.4f)", zp.zp, zp.sigma,
-                      zp.ngood, zp.rms)
-        return Struct(photoCalib=photoCalib, zp=zp.zp, sigma=zp.sigma, rms=zp.rms, ngood=zp.ngood,
-                      colorterm=cterm, used=used, apToTotal=ap_to_total)
+        self.log.info(
+            "Magnitude zero point: %.4f +/- %.4f from %d stars (rms %.4f)", zp.zp, zp.sigma, zp.ngood, zp.rms
+        )
+        return Struct(
+            photoCalib=photoCalib,
+            zp=zp.zp,
+            sigma=zp.sigma,
+            rms=zp.rms,
+            ngood=zp.ngood,
+            colorterm=cterm,
+            used=used,
+            apToTotal=ap_to_total,
+        )
 
     def colortermLibrary(self) -> ColortermLibrary:
         """The `ColortermLibrary` from ``colorterms`` plus ``colortermSpecs``."""
@@ -326,8 +364,10 @@ class PhotoCalTask(Task):
             cat, sep, filt = key.rpartition(":")
             parts = [p.strip() for p in spec.split(",")]
             if not sep or len(parts) < 3:
-                raise TaskError(f"photoCal.colortermSpecs: bad entry {key!r}: {spec!r} "
-                                "(want '<refcat>:<filter>': '<primary>,<secondary>,<c0>,<c1>,<c2>')")
+                raise TaskError(
+                    f"photoCal.colortermSpecs: bad entry {key!r}: {spec!r} "
+                    "(want '<refcat>:<filter>': '<primary>,<secondary>,<c0>,<c1>,<c2>')"
+                )
             coeffs = [float(c) for c in parts[2:5]] + [0.0] * (5 - len(parts))
             ct = Colorterm(primary=parts[0], secondary=parts[1], c0=coeffs[0], c1=coeffs[1], c2=coeffs[2])
             ctd = data.get(cat) or ColortermDict()
@@ -358,8 +398,13 @@ class PhotoCalTask(Task):
         rmax = n // 2 + 0.5
         total = float(np.sum(k[r <= rmax])) + self._psf_tail(k, r, rmax)
         frac = float(np.sum(k * inside / sub**2)) / total
-        self.log.debug("PSF model: fraction %.5f inside r=%.1f (tail beyond %.1f px: %.5f)", frac,
-                       self.config.calibApertureRadius, rmax, total - float(np.sum(k[r <= rmax])))
+        self.log.debug(
+            "PSF model: fraction %.5f inside r=%.1f (tail beyond %.1f px: %.5f)",
+            frac,
+            self.config.calibApertureRadius,
+            rmax,
+            total - float(np.sum(k[r <= rmax])),
+        )
         return -2.5 * math.log10(frac)
 
     def _psf_tail(self, k: np.ndarray, r: np.ndarray, rmax: float) -> float:
@@ -388,8 +433,9 @@ class PhotoCalTask(Task):
         try:
             total = _column(sourceCat, self.config.totalFluxField)[rows].astype(float)
         except KeyError:
-            self.log.warning("totalFluxField %s missing: no aperture-to-total correction",
-                             self.config.totalFluxField)
+            self.log.warning(
+                "totalFluxField %s missing: no aperture-to-total correction", self.config.totalFluxField
+            )
             return 0.0
         ok = np.isfinite(total) & (total > 0)
         order = np.argsort(-calib_flux[ok])[: self.config.totalFluxNumStars]

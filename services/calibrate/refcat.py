@@ -22,7 +22,6 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import Table, vstack
 from astropy.time import Time
-
 from calexpress.config import Config, DictField, Field, RangeField
 from calexpress.task import Struct, Task
 
@@ -122,7 +121,9 @@ def read_shard(data: bytes | str, format_version: int | None = None, name: str =
     except (OSError, IndexError, ValueError) as exc:
         raise ReferenceCatalogError(f"{name}: not a readable reference-catalog shard ({exc})") from exc
     if format_version is None:
-        format_version = int(header.get("REFCAT_FORMAT_VERSION", header.get("HIERARCH REFCAT_FORMAT_VERSION", 0)))
+        format_version = int(
+            header.get("REFCAT_FORMAT_VERSION", header.get("HIERARCH REFCAT_FORMAT_VERSION", 0))
+        )
     # Unpack the afw flag bit column.
     flag_names = [(int(k[5:]), header[k]) for k in header if re.fullmatch(r"TFLAG\d+", k)]
     if "flags" in table.colnames and flag_names:
@@ -344,7 +345,8 @@ class LoadIndexedReferenceObjectsTask(Task):
     def _load_circle_raw(self, ra_deg: float, dec_deg: float, radius_deg: float) -> Table:
         self._init_catalog()
         circle = sphgeom.Circle(
-            sphgeom.UnitVector3d(sphgeom.LonLat.fromDegrees(ra_deg, dec_deg)), sphgeom.Angle.fromDegrees(radius_deg)
+            sphgeom.UnitVector3d(sphgeom.LonLat.fromDegrees(ra_deg, dec_deg)),
+            sphgeom.Angle.fromDegrees(radius_deg),
         )
         shards = []
         for begin, end in self._pixelization.envelope(circle):
@@ -358,7 +360,12 @@ class LoadIndexedReferenceObjectsTask(Task):
         return table
 
     def loadSkyCircle(
-        self, ctrCoord: Any, radius: Any, filterName: str | None = None, epoch: Any = None, centroids: bool = False
+        self,
+        ctrCoord: Any,
+        radius: Any,
+        filterName: str | None = None,
+        epoch: Any = None,
+        centroids: bool = False,
     ) -> Struct:
         """Load reference objects inside a circle on the sky.
 
@@ -412,7 +419,14 @@ class LoadIndexedReferenceObjectsTask(Task):
             if f"{band}_fluxErr" in table.colnames:
                 table[f"{filterName}_camFluxErr"] = table[f"{band}_fluxErr"]
         table.meta.update(
-            {"RA": ra, "DEC": dec, "RADIUS": rad, "SMATCHV": 1, "FILTER": filterName or "", "EPOCH": mjd or 0.0}
+            {
+                "RA": ra,
+                "DEC": dec,
+                "RADIUS": rad,
+                "SMATCHV": 1,
+                "FILTER": filterName or "",
+                "EPOCH": mjd or 0.0,
+            }
         )
         return Struct(refCat=table, fluxField=fluxField, epoch=mjd)
 
@@ -446,11 +460,18 @@ class LoadIndexedReferenceObjectsTask(Task):
         res = self.loadSkyCircle((ra[4], dec[4]), radius, filterName, epoch)
         table = res.refCat
         if len(table):
-            px, py = wcs.all_world2pix(np.degrees(table["coord_ra"]), np.degrees(table["coord_dec"]), 0, quiet=True)
+            px, py = wcs.all_world2pix(
+                np.degrees(table["coord_ra"]), np.degrees(table["coord_dec"]), 0, quiet=True
+            )
             table["centroid_x"] = px
             table["centroid_y"] = py
             table["hasCentroid"] = np.isfinite(px) & np.isfinite(py)
-            keep = (px >= x0 - m - 0.5) & (px <= x0 + w - 0.5 + m) & (py >= y0 - m - 0.5) & (py <= y0 + h - 0.5 + m)
+            keep = (
+                (px >= x0 - m - 0.5)
+                & (px <= x0 + w - 0.5 + m)
+                & (py >= y0 - m - 0.5)
+                & (py <= y0 + h - 0.5 + m)
+            )
             res.refCat = table[keep]
         res.refCat.meta.update({"RA": float(ra[4]), "DEC": float(dec[4]), "RADIUS": radius})
         return res
@@ -465,6 +486,10 @@ class LoadIndexedReferenceObjectsTask(Task):
         ra, dec = wcs.all_pix2world([x0 + (w - 1) / 2, x0 - m], [y0 + (h - 1) / 2, y0 - m], 0)
         rad = float(np.hypot((ra[1] - ra[0]) * np.cos(np.radians(dec[0])), dec[1] - dec[0]))
         return {
-            "RA": float(ra[0]), "DEC": float(dec[0]), "RADIUS": rad, "SMATCHV": 1,
-            "FILTER": filterName or "", "EPOCH": _to_mjd(epoch) or 0.0,
+            "RA": float(ra[0]),
+            "DEC": float(dec[0]),
+            "RADIUS": rad,
+            "SMATCHV": 1,
+            "FILTER": filterName or "",
+            "EPOCH": _to_mjd(epoch) or 0.0,
         }

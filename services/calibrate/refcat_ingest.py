@@ -48,7 +48,9 @@ def parse_landolt(path_or_text: str) -> Table:
         if not parts or parts[0].startswith("#"):
             continue
         if len(parts) < 17:
-            raise ValueError(f"{src}:{lineno}: expected at least 17 columns in a Landolt line, got {len(parts)}")
+            raise ValueError(
+                f"{src}:{lineno}: expected at least 17 columns in a Landolt line, got {len(parts)}"
+            )
         try:
             ra = Angle(parts[1], unit="hourangle").deg
             dec = Angle(parts[2], unit="deg").deg
@@ -56,8 +58,25 @@ def parse_landolt(path_or_text: str) -> Table:
         except ValueError as exc:
             raise ValueError(f"{src}:{lineno}: unreadable Landolt line ({exc})") from None
         rows.append((parts[0], ra, dec, *vals))
-    names = ["name", "ra", "dec", "V", "BV", "UB", "VR", "RI", "VI", "n_obs", "m_nights",
-             "V_err", "BV_err", "UB_err", "VR_err", "RI_err", "VI_err"]
+    names = [
+        "name",
+        "ra",
+        "dec",
+        "V",
+        "BV",
+        "UB",
+        "VR",
+        "RI",
+        "VI",
+        "n_obs",
+        "m_nights",
+        "V_err",
+        "BV_err",
+        "UB_err",
+        "VR_err",
+        "RI_err",
+        "VI_err",
+    ]
     t = Table(rows=rows, names=names)
     t["B"] = t["V"] + t["BV"]
     t["U"] = t["B"] + t["UB"]
@@ -183,7 +202,9 @@ def ingest_refcat(
         if c.endswith("_flux") or c.endswith("_fluxErr"):
             out[c].unit = "nJy"
     if pm_ra_col and pm_dec_col:
-        conv = {"mas/yr": math.radians(1 / 3.6e6), "arcsec/yr": math.radians(1 / 3600.0), "rad/yr": 1.0}[pm_unit]
+        conv = {"mas/yr": math.radians(1 / 3.6e6), "arcsec/yr": math.radians(1 / 3600.0), "rad/yr": 1.0}[
+            pm_unit
+        ]
         out["pm_ra"] = np.nan_to_num(np.asarray(table[pm_ra_col], float)) * conv
         out["pm_dec"] = np.nan_to_num(np.asarray(table[pm_dec_col], float)) * conv
         out["pm_ra"].unit = out["pm_dec"].unit = "rad/yr"
@@ -192,8 +213,13 @@ def ingest_refcat(
         out[c] = table[c]
     out = out[good]
     pix = sphgeom.HtmPixelization(depth)
-    htm = np.array([pix.index(sphgeom.UnitVector3d(sphgeom.LonLat.fromDegrees(float(r), float(d))))
-                    for r, d in zip(ra[good], dec[good])], dtype=np.int64)
+    htm = np.array(
+        [
+            pix.index(sphgeom.UnitVector3d(sphgeom.LonLat.fromDegrees(float(r), float(d))))
+            for r, d in zip(ra[good], dec[good])
+        ],
+        dtype=np.int64,
+    )
     root = storage.join(repo, "ref_cats", name)
     written = []
     for hid in np.unique(htm):
@@ -239,7 +265,8 @@ def _run(args: argparse.Namespace) -> int:
             log.error("%s", exc if str(path) in str(exc) else f"{path}: {exc}")
             return 1
     fmt_landolt = args.format == "landolt" or all(
-        "landolt" in p.lower() and p.lower().endswith(".dat") for p in args.files)
+        "landolt" in p.lower() and p.lower().endswith(".dat") for p in args.files
+    )
     mag_cols = _parse_map(args.mag_cols)
     mag_err = _parse_map(args.mag_err_cols)
     ra_col, dec_col, id_col = args.ra_col, args.dec_col, args.id_col
@@ -249,10 +276,24 @@ def _run(args: argparse.Namespace) -> int:
         id_col = id_col or "name"
     try:
         ingest_refcat(
-            args.repo, args.name, tables, ra_col=ra_col, dec_col=dec_col, id_col=id_col, mag_cols=mag_cols,
-            mag_err_cols=mag_err, flux_cols=_parse_map(args.flux_cols), flux_err_cols=_parse_map(args.flux_err_cols),
-            flux_unit=args.flux_unit, pm_ra_col=args.pm_ra_col, pm_dec_col=args.pm_dec_col, pm_unit=args.pm_unit,
-            epoch=args.epoch, extra_cols=args.extra_cols or [], depth=args.depth, ra_hours=args.ra_hours,
+            args.repo,
+            args.name,
+            tables,
+            ra_col=ra_col,
+            dec_col=dec_col,
+            id_col=id_col,
+            mag_cols=mag_cols,
+            mag_err_cols=mag_err,
+            flux_cols=_parse_map(args.flux_cols),
+            flux_err_cols=_parse_map(args.flux_err_cols),
+            flux_unit=args.flux_unit,
+            pm_ra_col=args.pm_ra_col,
+            pm_dec_col=args.pm_dec_col,
+            pm_unit=args.pm_unit,
+            epoch=args.epoch,
+            extra_cols=args.extra_cols or [],
+            depth=args.depth,
+            ra_hours=args.ra_hours,
         )
     except (OSError, ValueError, KeyError) as exc:
         log.error("refcat ingest %s: %s", args.name, exc)
@@ -265,7 +306,9 @@ def register_cli(subparsers) -> None:
     p = subparsers.add_parser("refcat", help="reference catalogs (LSST HTM-sharded format)")
     sub = p.add_subparsers(dest="refcat_action", metavar="ACTION")
     sub.required = True
-    ing = sub.add_parser("ingest", help="build HTM shards in REPO/ref_cats/NAME from FITS/CSV/ECSV/Landolt tables")
+    ing = sub.add_parser(
+        "ingest", help="build HTM shards in REPO/ref_cats/NAME from FITS/CSV/ECSV/Landolt tables"
+    )
     ing.add_argument("repo", help="repository root (path or s3:// URL)")
     ing.add_argument("name", help="reference catalog name (ref_dataset_name)")
     ing.add_argument("files", nargs="+", help="input tables")
@@ -278,7 +321,9 @@ def register_cli(subparsers) -> None:
     ing.add_argument("--mag-err-cols", "--mag-err", nargs="*", help="band=column of magnitude errors")
     ing.add_argument("--flux-cols", nargs="*", help="band=column of fluxes")
     ing.add_argument("--flux-err-cols", nargs="*", help="band=column of flux errors")
-    ing.add_argument("--flux-unit", default="nJy", choices=["nJy", "uJy", "mJy", "Jy"], help="unit of --flux-cols")
+    ing.add_argument(
+        "--flux-unit", default="nJy", choices=["nJy", "uJy", "mJy", "Jy"], help="unit of --flux-cols"
+    )
     ing.add_argument("--pm-ra-col", default=None, help="proper motion in RA (times cos Dec) column")
     ing.add_argument("--pm-dec-col", default=None, help="proper motion in Dec column")
     ing.add_argument("--pm-unit", default="mas/yr", choices=["mas/yr", "arcsec/yr", "rad/yr"])
@@ -286,5 +331,3 @@ def register_cli(subparsers) -> None:
     ing.add_argument("--extra-cols", nargs="*", help="other columns copied into the shards")
     ing.add_argument("--depth", type=int, default=7, help="HTM depth (LSST default 7)")
     ing.set_defaults(func=_run)
-
-

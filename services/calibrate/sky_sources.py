@@ -6,15 +6,15 @@ from typing import Any
 
 import numpy as np
 from astropy.table import Table, vstack
-
 from calexpress.config import Config, Field, ListField, RangeField
 from calexpress.task import ExposureIdInfo, Struct, Task
 
 __all__ = ["SkyObjectsConfig", "SkyObjectsTask", "generate_sky_positions"]
 
 
-def generate_sky_positions(mask: np.ndarray, bad_bits: int, n_sources: int, radius: float, n_trials: int,
-                           seed: int) -> np.ndarray:
+def generate_sky_positions(
+    mask: np.ndarray, bad_bits: int, n_sources: int, radius: float, n_trials: int, seed: int
+) -> np.ndarray:
     """Up to ``n_sources`` (x, y) integer positions whose circle of ``radius`` avoids ``bad_bits`` and
     each other, drawn uniformly (numpy ``RandomState(seed)``, as LSST's afw Random) inside the image
     shrunk by ``int(radius) + 1``."""
@@ -22,7 +22,7 @@ def generate_sky_positions(mask: np.ndarray, bad_bits: int, n_sources: int, radi
     rng = np.random.RandomState(seed % (2**32))
     r = int(radius) + 1
     bad = (mask & bad_bits) != 0
-    yy, xx = np.mgrid[-r: r + 1, -r: r + 1]
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
     disk = xx**2 + yy**2 <= radius**2
     taken = np.zeros_like(bad)
     out = []
@@ -42,8 +42,9 @@ def generate_sky_positions(mask: np.ndarray, bad_bits: int, n_sources: int, radi
 class SkyObjectsConfig(Config):
     """Configuration of `SkyObjectsTask` (LSST names and defaults)."""
 
-    avoidMask = ListField(dtype=str, default=["DETECTED", "DETECTED_NEGATIVE", "BAD", "NO_DATA"],
-                          doc="Mask planes to avoid")
+    avoidMask = ListField(
+        dtype=str, default=["DETECTED", "DETECTED_NEGATIVE", "BAD", "NO_DATA"], doc="Mask planes to avoid"
+    )
     growMask = RangeField(dtype=int, default=0, min=0, doc="Unused (LSST compatibility)")
     sourceRadius = RangeField(dtype=float, default=8.0, min=0, doc="Radius of sky sources (pixels)")
     nSources = RangeField(dtype=int, default=100, min=0, doc="Number of sky sources")
@@ -57,15 +58,17 @@ class SkyObjectsTask(Task):
     ConfigClass = SkyObjectsConfig
     _DefaultName = "skySources"
 
-    def run(self, exposure, sources: Table, exposureIdInfo: ExposureIdInfo | None = None, seed: int | None = None
-            ) -> Struct:
+    def run(
+        self, exposure, sources: Table, exposureIdInfo: ExposureIdInfo | None = None, seed: int | None = None
+    ) -> Struct:
         cfg = self.config
         info = exposureIdInfo or ExposureIdInfo()
         seed = info.expId if seed is None else seed
         bits = exposure.get_plane_bitmask(*cfg.avoidMask)
         n_trials = cfg.nTrialSources or cfg.nSources * cfg.nTrialSourcesMultiplier
-        pos = generate_sky_positions(np.asarray(exposure.mask), bits, cfg.nSources, cfg.sourceRadius, n_trials,
-                                     seed)
+        pos = generate_sky_positions(
+            np.asarray(exposure.mask), bits, cfg.nSources, cfg.sourceRadius, n_trials, seed
+        )
         if "sky_source" not in sources.colnames:
             sources["sky_source"] = np.zeros(len(sources), bool)
         n = len(pos)
@@ -85,10 +88,14 @@ class SkyObjectsTask(Task):
             if "peak_x" in new.colnames:
                 new["peak_x"], new["peak_y"] = pos[:, 0], pos[:, 1]
             new["sky_source"] = True
-            attrs = {k: getattr(sources, k) for k in ("footprints", "heavy_footprints") if hasattr(sources, k)}
+            attrs = {
+                k: getattr(sources, k) for k in ("footprints", "heavy_footprints") if hasattr(sources, k)
+            }
             merged = vstack([sources, new], metadata_conflicts="silent")
             meta = dict(sources.meta)
-            sources.__init__([merged[c] for c in merged.colnames], names=merged.colnames, meta=meta, copy=False)
+            sources.__init__(
+                [merged[c] for c in merged.colnames], names=merged.colnames, meta=meta, copy=False
+            )
             for k, v in attrs.items():
                 setattr(sources, k, v)
         self.log.info("Added %d of %d requested sky sources", n, cfg.nSources)

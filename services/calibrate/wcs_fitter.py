@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import numpy as np
 from astropy.wcs import WCS, Sip
-
 from calexpress.config import Config, Field, RangeField
 from calexpress.task import Struct, Task, TaskError
 
 __all__ = ["FitTanSipWcsConfig", "FitTanSipWcsTask", "fit_tan_sip", "gnomonic", "sip_order_of"]
 
 
-def gnomonic(ra_deg: np.ndarray, dec_deg: np.ndarray, crval: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+def gnomonic(
+    ra_deg: np.ndarray, dec_deg: np.ndarray, crval: tuple[float, float]
+) -> tuple[np.ndarray, np.ndarray]:
     """Project to the tangent plane at ``crval`` (degrees in, degrees out; FITS TAN convention)."""
     ra, dec = np.radians(ra_deg), np.radians(dec_deg)
     a0, d0 = np.radians(crval[0]), np.radians(crval[1])
@@ -188,11 +189,14 @@ class FitTanSipWcsConfig(Config):
 
     order = RangeField(dtype=int, default=2, min=1, max=5, doc="SIP polynomial order (1 = TAN only)")
     orderAtLeastPrior = Field(
-        dtype=bool, default=True,
+        dtype=bool,
+        default=True,
         doc="Use at least the SIP order of the prior WCS (calexpress; keeps a known cubic distortion)",
     )
     distortionPriorSigma = RangeField(
-        dtype=float, default=0.01, min=0,
+        dtype=float,
+        default=0.01,
+        min=0,
         doc="calexpress: when the initial WCS has SIP terms, pull each fitted term of order >= 2 towards "
         "them with this uncertainty (pixels, at 1000 px from CRPIX); 0 = free fit",
     )
@@ -255,9 +259,19 @@ class FitTanSipWcsTask(Task):
         for rej in range(cfg.numRejIter + 1):
             if used.sum() < max(2 * nterms, 6):
                 raise TaskError(f"degenerate WCS fit: {used.sum()} matches left after outlier rejection")
-            wcs = fit_tan_sip(x[used], y[used], ra_deg[used], dec_deg[used], order, crpix, crval, bbox,
-                              weights=1.0 / sig[used], prior_wcs=prior if cfg.distortionPriorSigma > 0 else None,
-                              prior_sigma_pix=cfg.distortionPriorSigma)
+            wcs = fit_tan_sip(
+                x[used],
+                y[used],
+                ra_deg[used],
+                dec_deg[used],
+                order,
+                crpix,
+                crval,
+                bbox,
+                weights=1.0 / sig[used],
+                prior_wcs=prior if cfg.distortionPriorSigma > 0 else None,
+                prior_sigma_pix=cfg.distortionPriorSigma,
+            )
             cd = wcs.wcs.cd
             if not np.all(np.isfinite(cd)) or abs(np.linalg.det(cd)) < 1e-20:
                 raise TaskError("degenerate WCS fit: singular CD matrix")
@@ -267,12 +281,14 @@ class FitTanSipWcsTask(Task):
                 break
             norm = res / sig[:, None]
             scale = np.maximum(1.4826 * np.median(np.abs(norm[used]), axis=0), 1e-6)
-            new_used = (np.abs(norm[:, 0]) < cfg.rejSigma * scale[0]) & (np.abs(norm[:, 1]) < cfg.rejSigma * scale[1])
+            new_used = (np.abs(norm[:, 0]) < cfg.rejSigma * scale[0]) & (
+                np.abs(norm[:, 1]) < cfg.rejSigma * scale[1]
+            )
             if np.array_equal(new_used, used):
                 break
             used = new_used
         res = _residuals_arcsec(wcs, x, y, ra_deg, dec_deg)
         scatter = float(np.sqrt(np.mean(np.sum(res[used] ** 2, axis=1))))
         if not np.isfinite(scatter) or scatter > cfg.maxScatterArcsec:
-            raise TaskError(f"WCS fit scatter {scatter:.2f}\" exceeds maxScatterArcsec={cfg.maxScatterArcsec}")
+            raise TaskError(f'WCS fit scatter {scatter:.2f}" exceeds maxScatterArcsec={cfg.maxScatterArcsec}')
         return Struct(wcs=wcs, scatterOnSky=scatter, used=used, order=order, residuals=res)

@@ -51,7 +51,17 @@ class PsfexPsfDeterminerConfig(Config):
         doc="PIXEL_AUTO: use samplingSize only if FWHM < 3 px, else 1; PIXEL: always use it",
     )
     badMaskBits = ListField(dtype=str, default=["INTRP", "SAT"], doc="Mask planes giving zero weight")
-    tolerance = Field(dtype=float, default=1e-2, doc="Relative model accuracy (PSF_ACCURACY)")
+    tolerance = Field(
+        dtype=float,
+        default=5e-3,
+        doc="Relative model accuracy (PSFEx PSF_ACCURACY; LSST 1e-2): star weight 1/(1/SNR^2 + tolerance^2). "
+        "5e-3 measured best on the simcamA truth frames",
+    )
+    clipAccuracy = Field(
+        dtype=float,
+        default=0.02,
+        doc="Relative model error added to the pixel noise when clipping pixels and rejecting stars",
+    )
     lam = Field(dtype=float, default=0.05, doc="Kept for LSST compatibility (unused)")
     reducedChi2ForPsfCandidates = Field(
         dtype=float, default=2.0, doc="Reject stars whose reduced chi^2 exceeds this times the median"
@@ -296,7 +306,8 @@ def fit_pixel_psf(
         # pixel clipping and star rejection
         resid = d - f[:, None] * model
         sig = np.sqrt(
-            1.0 / np.where(valid, ivar, np.inf) + (config.tolerance * f[:, None] * np.maximum(model, 0)) ** 2
+            1.0 / np.where(valid, ivar, np.inf)
+            + (config.clipAccuracy * f[:, None] * np.maximum(model, 0)) ** 2
         )
         z = np.where(valid, resid / sig, 0.0)
         nvalid = np.maximum(valid.sum(axis=1), 1)

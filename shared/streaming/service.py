@@ -302,8 +302,8 @@ class StageProcessor:
     def __init__(self, context: StageContext) -> None:
         self.context = context
 
-    def config_hash(self) -> str:
-        """Hash of the task config (`calexpress.config.config_hash`)."""
+    def config_hash(self, event: Event) -> str:
+        """Hash of the task config used for ``event`` (`calexpress.config.config_hash`)."""
         raise NotImplementedError
 
     def process(self, event: Event) -> StageOutput:
@@ -393,7 +393,6 @@ class StageService:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.stage}-work")
         self._consumer = None
         self._producer = None
-        self._config_hash: str | None = None
         self._metrics_server: metrics.MetricsServer | None = None
         self._kafka_ok = False
         self.processed = 0
@@ -408,11 +407,6 @@ class StageService:
     @property
     def stopping(self) -> bool:
         return self._stop_requested_at is not None
-
-    def config_hash(self) -> str:
-        if self._config_hash is None:
-            self._config_hash = self.processor.config_hash()
-        return self._config_hash
 
     def _ready_checks(self) -> dict[str, Callable[[], bool]]:
         def broker() -> bool:
@@ -475,11 +469,10 @@ class StageService:
                 loop.add_signal_handler(sig, self.request_stop)
         metrics.init_stage_metrics(self.stage)
         await loop.run_in_executor(self._executor, self.processor.warm_up)
-        self.config_hash()
         await self._start_kafka()
-        log.info("%s service: %s -> %s (group %s, collection %s, config %s)", self.stage,
+        log.info("%s service: %s -> %s (group %s, default collection %s)", self.stage,
                  self.settings.input_topic, self.settings.output_topic, self.settings.group_id,
-                 self.settings.collection, self.config_hash())
+                 self.settings.collection)
         handled = 0
         abandoned = False
         try:
@@ -583,7 +576,7 @@ class StageService:
         """Worker thread: duplicate check, processing, completion record. Returns (event, duplicate)."""
         ctx = self.context
         repo, collection = ctx.repo_for(event), ctx.collection_for(event)
-        chash = self.config_hash()
+        chash = self.processor.config_hash(event)
         record = completion_uri(repo, collection, self.stage, event.data_id, event.instrument)
         previous = self._completed(record, chash)
         if previous is not None:

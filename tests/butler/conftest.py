@@ -1,39 +1,16 @@
-"""Fixtures of the repository tests: a SeaweedFS S3 server on loopback (one per session)."""
+"""Fixtures of the repository tests (the SeaweedFS server is in ``tests/conftest.py``)."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from calexpress.streaming.seaweedfs import SeaweedFS, SeaweedFSError, find_weed
+from calexpress.streaming.seaweedfs import SeaweedFS
 
 BUCKET = "calexpress-test"
-
-
-@pytest.fixture(scope="session")
-def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
-    """A running ``weed mini`` with bucket ``calexpress-test``; calexpress.storage points at it."""
-    try:
-        find_weed()
-    except SeaweedFSError as exc:
-        pytest.skip(str(exc))
-    server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"), buckets=[BUCKET], start_timeout=40)
-    server.start()
-    saved = {k: os.environ.get(k) for k in server.env()}
-    os.environ.update(server.env())
-    try:
-        yield server
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        server.stop()
 
 
 @pytest.fixture

@@ -1,15 +1,13 @@
-"""Helpers for the calibrate tests (imported as ``calibrate_truth``): source catalogs made from simcamA truth (positions + noise)."""
+"""Helpers for the calibrate tests (imported as ``calibrate_truth``): simcamA truth-based inputs."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 import types
 import warnings
-
+from pathlib import Path
 
 import numpy as np
-import pytest
 from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS
@@ -30,8 +28,9 @@ def load_frame(simcam_dir: Path, frame: str) -> types.SimpleNamespace:
         objects = Table.read(tdir / "truth_objects.fits")
         header_wcs = WCS(header)
     truth = json.loads((tdir / "truth.json").read_text())
-    return types.SimpleNamespace(header=header, header_wcs=header_wcs, truth_wcs=truth_wcs, truth=truth,
-                                 objects=objects, frame=frame)
+    return types.SimpleNamespace(
+        header=header, header_wcs=header_wcs, truth_wcs=truth_wcs, truth=truth, objects=objects, frame=frame
+    )
 
 
 def truth_source_catalog(fr: types.SimpleNamespace, seed: int = 1, sky_e: float = 620.0) -> Table:
@@ -63,8 +62,14 @@ def truth_source_catalog(fr: types.SimpleNamespace, seed: int = 1, sky_e: float 
 
 def fake_exposure(fr: types.SimpleNamespace, wcs: WCS) -> types.SimpleNamespace:
     """The attributes of an Exposure that the astrometry/photometry code reads."""
-    return types.SimpleNamespace(wcs=wcs, image=np.zeros((4096, 2048), np.float32), filter=fr.header["FILTER"],
-                                 visit_info=None, metadata=fr.header.copy(), photo_calib=None)
+    return types.SimpleNamespace(
+        wcs=wcs,
+        image=np.zeros((4096, 2048), np.float32),
+        filter=fr.header["FILTER"],
+        visit_info=None,
+        metadata=fr.header.copy(),
+        photo_calib=None,
+    )
 
 
 def perturbed_wcs(wcs: WCS, shift_arcsec: float = 0.0, rot_deg: float = 0.0, scale: float = 1.0) -> WCS:
@@ -88,8 +93,9 @@ def grid_offsets_mas(wcs: WCS, truth_wcs: WCS, nx: int = 2048, ny: int = 4096, n
     return np.hypot(dra * np.cos(np.radians(b[1])), a[1] - b[1]) * 3.6e6
 
 
-def truth_exposure(simcam_dir: Path, fr: types.SimpleNamespace, seed: int = 5, wcs: WCS | None = None,
-                   psf: str = "gaussian"):
+def truth_exposure(
+    simcam_dir: Path, fr: types.SimpleNamespace, seed: int = 5, wcs: WCS | None = None, psf: str = "gaussian"
+):
     """A 'perfect ISR' Exposure: truth IMAGE + Gaussian noise (Poisson + read), truth SKY subtracted,
     mask from the truth MASK (BAD, SAT), header WCS (or ``wcs``) and a PSF: ``"gaussian"`` of the truth
     FWHM, or ``"truth"``: the truth PSF image at the detector centre (a constant `PixelPsf`)."""
@@ -105,8 +111,13 @@ def truth_exposure(simcam_dir: Path, fr: types.SimpleNamespace, seed: int = 5, w
     rng = np.random.default_rng(seed)
     var = img + 36.0
     image = (img + rng.normal(0, 1, img.shape) * np.sqrt(var) - sky).astype(np.float32)
-    exp = Exposure(image, variance=var.astype(np.float32), metadata=fr.header.copy(),
-                   wcs=fr.header_wcs.deepcopy() if wcs is None else wcs, filter=fr.header["FILTER"])
+    exp = Exposure(
+        image,
+        variance=var.astype(np.float32),
+        metadata=fr.header.copy(),
+        wcs=fr.header_wcs.deepcopy() if wcs is None else wcs,
+        filter=fr.header["FILTER"],
+    )
     exp.mask[(tmask & 1) != 0] |= exp.get_plane_bitmask("BAD")
     exp.mask[(tmask & 4) != 0] |= exp.get_plane_bitmask("SAT")
     if psf == "truth":
@@ -126,7 +137,10 @@ def simcam_calibrate_task(refcat_dir: Path, **config):
 
     cfg = CalibrateConfig()
     cfg.doApCorr = False
-    cfg.photoCal.colortermSpecs = {"simcam_refcat:g": "g,r,0.0,0.03,0.0", "simcam_refcat:r": "r,g,0.0,0.02,0.0"}
+    cfg.photoCal.colortermSpecs = {
+        "simcam_refcat:g": "g,r,0.0,0.03,0.0",
+        "simcam_refcat:r": "r,g,0.0,0.02,0.0",
+    }
     for k, v in config.items():
         setattr(cfg, k, v)
     loader = LoadIndexedReferenceObjectsTask(ref_cat_dir=str(refcat_dir))

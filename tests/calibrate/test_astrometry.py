@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from calexpress.calibrate import AstrometryTask, LoadIndexedReferenceObjectsTask
+from calexpress.calibrate.wcs_fitter import fit_tan_sip
+from calexpress.task import TaskError
 from calibrate_truth import (
     FRAMES,
     fake_exposure,
@@ -12,10 +15,6 @@ from calibrate_truth import (
     perturbed_wcs,
     truth_source_catalog,
 )
-
-from calexpress.calibrate import AstrometryTask, LoadIndexedReferenceObjectsTask
-from calexpress.calibrate.wcs_fitter import fit_tan_sip
-from calexpress.task import TaskError
 
 
 @pytest.mark.parametrize("frame", FRAMES)
@@ -45,7 +44,9 @@ def test_sip_inverse_round_trip(simcam_dir):
     gx, gy = np.meshgrid(np.linspace(0, 2047, 30), np.linspace(0, 4095, 30))
     ra, dec = fr.truth_wcs.all_pix2world(gx.ravel(), gy.ravel(), 0)
     for order in (2, 3, 5):
-        w = fit_tan_sip(gx.ravel(), gy.ravel(), ra, dec, order, (1023.5, 2047.5), (ra[0], dec[0]), (0, 0, 2048, 4096))
+        w = fit_tan_sip(
+            gx.ravel(), gy.ravel(), ra, dec, order, (1023.5, 2047.5), (ra[0], dec[0]), (0, 0, 2048, 4096)
+        )
         r2, d2 = w.all_pix2world(gx.ravel(), gy.ravel(), 0)
         # the inverse polynomials (AP/BP, one order higher) alone bring the sky back to the pixels
         fx, fy = w.wcs_world2pix(r2, d2, 0)

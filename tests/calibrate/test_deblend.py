@@ -6,13 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from astropy.io import fits
-from calibrate_truth import load_frame, truth_exposure
-from scipy import ndimage
-from scipy.spatial import cKDTree
-
 from calexpress.calibrate import CalibrateConfig, CalibrateTask
 from calexpress.calibrate.deblend import deblend_footprint
 from calexpress.task import ExposureIdInfo
+from calibrate_truth import load_frame, truth_exposure
+from scipy import ndimage
+from scipy.spatial import cKDTree
 
 FRAME = "simcamA_0001003_r"
 
@@ -48,8 +47,10 @@ def injected(simcam_dir):
             singles.append((cx, cy, f1))
             continue
         sep, th, f2 = rng.uniform(2, 3) * fwhm, rng.uniform(0, np.pi), f1 / rng.uniform(1, 3)
-        pair = [(cx + sep / 2 * np.cos(th), cy + sep / 2 * np.sin(th), f1),
-                (cx - sep / 2 * np.cos(th), cy - sep / 2 * np.sin(th), f2)]
+        pair = [
+            (cx + sep / 2 * np.cos(th), cy + sep / 2 * np.sin(th), f1),
+            (cx - sep / 2 * np.cos(th), cy - sep / 2 * np.sin(th), f2),
+        ]
         for x, y, f in pair:
             _inject(exp, psf, x, y, f, rng)
         pairs.append(pair)
@@ -74,7 +75,9 @@ def test_pairs_become_two_children_with_right_fluxes(injected):
         dd, kk = ctree.query([[x1, y1], [x2, y2]])
         if np.all(dd < 2) and kk[0] != kk[1] and children["parent"][kk[0]] == children["parent"][kk[1]]:
             ok += 1
-            errors += [children["base_PsfFlux_instFlux"][c] / scale / f - 1 for f, c in ((f1, kk[0]), (f2, kk[1]))]
+            errors += [
+                children["base_PsfFlux_instFlux"][c] / scale / f - 1 for f, c in ((f1, kk[0]), (f2, kk[1]))
+            ]
     errors = np.abs(np.array(errors))
     assert ok >= 0.9 * len(pairs), f"{ok}/{len(pairs)} pairs deblended into two children"
     assert np.mean(errors < 0.05) >= 0.9, f"median |error| {np.median(errors):.3f}"

@@ -10,7 +10,6 @@ import pytest
 import sep
 from astropy.io import fits
 from astropy.wcs import WCS
-
 from calexpress.calibrate import LoadIndexedReferenceObjectsConfig, LoadIndexedReferenceObjectsTask
 from calexpress.calibrate.refcat_ingest import parse_landolt, register_cli
 
@@ -22,9 +21,19 @@ def landolt_repo(shared_data, tmp_path_factory):
     repo = tmp_path_factory.mktemp("repo")
     parser = argparse.ArgumentParser()
     register_cli(parser.add_subparsers())
-    args = parser.parse_args(["refcat", "ingest", str(repo), "landolt",
-                              str(shared_data / "refcats" / "landolt" / "nlandolt.dat"), "--format", "landolt",
-                              "--depth", "7"])
+    args = parser.parse_args(
+        [
+            "refcat",
+            "ingest",
+            str(repo),
+            "landolt",
+            str(shared_data / "refcats" / "landolt" / "nlandolt.dat"),
+            "--format",
+            "landolt",
+            "--depth",
+            "7",
+        ]
+    )
     assert args.func(args) == 0
     return repo
 
@@ -66,8 +75,11 @@ def test_standards_found_in_nickel_frames(landolt_repo, nickel_dir, frame):
     cfg = LoadIndexedReferenceObjectsConfig()
     cfg.ref_dataset_name = "landolt"
     cfg.pixelMargin = 0
-    ref = LoadIndexedReferenceObjectsTask(root=str(landolt_repo), config=cfg).loadPixelBox(
-        (0, 0, 1024, 1024), wcs, "V").refCat
+    ref = (
+        LoadIndexedReferenceObjectsTask(root=str(landolt_repo), config=cfg)
+        .loadPixelBox((0, 0, 1024, 1024), wcs, "V")
+        .refCat
+    )
     assert len(ref) >= 3 and all(n.startswith(EXPECTED[frame]) for n in ref["name"])
     vmag = -2.5 * np.log10(ref["V_flux"]) + 31.4
     x, y, flux = _detect(path)

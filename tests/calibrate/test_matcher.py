@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from calibrate_truth import load_frame, perturbed_wcs, truth_source_catalog
-
 from calexpress.calibrate import LoadIndexedReferenceObjectsTask, MatcherFailure, MatchPatternTask
+from calibrate_truth import load_frame, perturbed_wcs, truth_source_catalog
 
 CENTER = (1023.5, 2047.5)
 
@@ -25,8 +24,12 @@ def test_finds_solution_from_bad_prior(simcam_dir, simcam_refcat_dir, shift, rot
     prior = perturbed_wcs(fr.truth_wcs, shift, rot, scale)
     ref = _refs(simcam_refcat_dir, fr, prior)
     m = MatchPatternTask().matchPixels(
-        np.column_stack([cat["slot_Centroid_x"], cat["slot_Centroid_y"]]), cat["slot_ApFlux_instFlux"],
-        np.column_stack([ref["centroid_x"], ref["centroid_y"]]), ref["r_flux"], CENTER)
+        np.column_stack([cat["slot_Centroid_x"], cat["slot_Centroid_y"]]),
+        cat["slot_ApFlux_instFlux"],
+        np.column_stack([ref["centroid_x"], ref["centroid_y"]]),
+        ref["r_flux"],
+        CENTER,
+    )
     # every match pairs a source with its own truth star
     truth_ids = np.asarray(cat["truth_id"])[m.i_src]
     ref_ids = np.asarray(ref["id"])[m.i_ref]
@@ -57,5 +60,9 @@ def test_no_false_solution_against_mirrored_field(simcam_dir, simcam_refcat_dir)
     ref = _refs(simcam_refcat_dir, fr, fr.truth_wcs)
     with pytest.raises(MatcherFailure):
         MatchPatternTask().matchPixels(
-            np.column_stack([cat["slot_Centroid_x"], cat["slot_Centroid_y"]]), cat["slot_ApFlux_instFlux"],
-            np.column_stack([2047.0 - ref["centroid_x"], ref["centroid_y"]]), ref["r_flux"], CENTER)
+            np.column_stack([cat["slot_Centroid_x"], cat["slot_Centroid_y"]]),
+            cat["slot_ApFlux_instFlux"],
+            np.column_stack([2047.0 - ref["centroid_x"], ref["centroid_y"]]),
+            ref["r_flux"],
+            CENTER,
+        )

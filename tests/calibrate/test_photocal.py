@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from calibrate_truth import FRAMES, SIMCAM_COLORTERMS, fake_exposure, load_frame, truth_source_catalog
-
 from calexpress.calibrate import Colorterm, ColortermDict, LoadIndexedReferenceObjectsTask, PhotoCalTask
 from calexpress.calibrate.photocal import direct_match, get_zero_point
 from calexpress.task import TaskError
+from calibrate_truth import FRAMES, SIMCAM_COLORTERMS, fake_exposure, load_frame, truth_source_catalog
 
 
 def _photocal(colorterms: bool) -> PhotoCalTask:
     task = PhotoCalTask()
     if colorterms:
         ctd = ColortermDict()
-        ctd.data = {f: Colorterm(primary=p, secondary=s, c1=c1) for f, (p, s, c1) in SIMCAM_COLORTERMS.items()}
+        ctd.data = {
+            f: Colorterm(primary=p, secondary=s, c1=c1) for f, (p, s, c1) in SIMCAM_COLORTERMS.items()
+        }
         task.config.colorterms = {"simcam_refcat": ctd}
         task.config.photoCatName = "simcam_refcat"
     return task
@@ -35,8 +36,9 @@ def _inputs(simcam_dir, simcam_refcat_dir, frame):
 def test_magzero_matches_truth(simcam_dir, simcam_refcat_dir, frame):
     fr, cat, res = _inputs(simcam_dir, simcam_refcat_dir, frame)
     matches = direct_match(cat, res.refCat, 0.25)
-    out = _photocal(True).run(fake_exposure(fr, fr.truth_wcs), cat, matches, res.refCat, fr.header["FILTER"],
-                              res.fluxField)
+    out = _photocal(True).run(
+        fake_exposure(fr, fr.truth_wcs), cat, matches, res.refCat, fr.header["FILTER"], res.fluxField
+    )
     magzero = out.zp - 2.5 * np.log10(fr.header["EXPTIME"])
     truth = fr.truth["photometry"]["zp_e_per_s"]
     assert abs(magzero - truth) < 0.005, f"{frame}: MAGZERO {magzero:.4f} truth {truth:.4f}"

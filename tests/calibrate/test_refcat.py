@@ -9,10 +9,8 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.table import Table, vstack
-
 from calexpress.calibrate import LoadIndexedReferenceObjectsConfig, LoadIndexedReferenceObjectsTask
 from calexpress.calibrate.refcat import ReferenceCatalogError
-
 from calibrate_truth import load_frame
 
 
@@ -67,7 +65,9 @@ def test_format_version_0_is_converted_from_jy(sdss_dir, tmp_path):
         hdul.writeto(out / p.rsplit("/", 1)[1])
     cfg = LoadIndexedReferenceObjectsConfig()
     cfg.ref_dataset_name = "old"
-    old = LoadIndexedReferenceObjectsTask(root=str(tmp_path), config=cfg).loadSkyCircle((215.63, 53.05), 0.1, "g")
+    old = LoadIndexedReferenceObjectsTask(root=str(tmp_path), config=cfg).loadSkyCircle(
+        (215.63, 53.05), 0.1, "g"
+    )
     new = LoadIndexedReferenceObjectsTask(ref_cat_dir=str(sdss_dir)).loadSkyCircle((215.63, 53.05), 0.1, "g")
     old.refCat.sort("id")
     new.refCat.sort("id")
@@ -82,16 +82,30 @@ def test_proper_motion_and_pixel_box_match_truth(simcam_dir, simcam_refcat_dir):
     stars = fr.objects[fr.objects["is_star"] & fr.objects["in_refcat"] & fr.objects["on_detector"]]
     common, i_ref, i_tru = np.intersect1d(np.asarray(ref["id"]), np.asarray(stars["id"]), return_indices=True)
     assert len(common) >= 0.99 * len(stars)
-    d_mas = _sep_deg(np.degrees(ref["coord_ra"][i_ref]), np.degrees(ref["coord_dec"][i_ref]),
-                     stars["ra"][i_tru], stars["dec"][i_tru]) * 3.6e6
+    d_mas = (
+        _sep_deg(
+            np.degrees(ref["coord_ra"][i_ref]),
+            np.degrees(ref["coord_dec"][i_ref]),
+            stars["ra"][i_tru],
+            stars["dec"][i_tru],
+        )
+        * 3.6e6
+    )
     err_mas = np.hypot(ref["coord_raErr"][i_ref], ref["coord_decErr"][i_ref]) * 206264806.2
     # the catalogue positions carry their quoted errors; after the proper motion they agree with truth
     assert np.median(d_mas / np.maximum(err_mas, 1e-3)) < 1.5
     # without proper motions the fast movers are off by far more than their errors
     raw = loader.loadPixelBox((0, 0, 2048, 4096), fr.truth_wcs, "r", None).refCat
     _, a, b = np.intersect1d(np.asarray(raw["id"]), np.asarray(ref["id"]), return_indices=True)
-    moved = _sep_deg(np.degrees(raw["coord_ra"][a]), np.degrees(raw["coord_dec"][a]),
-                     np.degrees(ref["coord_ra"][b]), np.degrees(ref["coord_dec"][b])) * 3.6e6
+    moved = (
+        _sep_deg(
+            np.degrees(raw["coord_ra"][a]),
+            np.degrees(raw["coord_dec"][a]),
+            np.degrees(ref["coord_ra"][b]),
+            np.degrees(ref["coord_dec"][b]),
+        )
+        * 3.6e6
+    )
     assert moved.max() > 50
     # centroids projected with the WCS
     x, y = fr.truth_wcs.all_world2pix(np.degrees(ref["coord_ra"]), np.degrees(ref["coord_dec"]), 0)

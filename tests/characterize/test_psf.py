@@ -36,18 +36,19 @@ def test_psf_size_vs_truth_grid(char_r):
 
 
 def test_psf_ellipticity_vs_truth_grid(char_r):
-    """e1, e2 errors at the grid.  Issue target RMS <= 0.003 is NOT reached (noise-limited with ~50
-    stars of S/N > 50); this asserts the level we reach so that a regression shows."""
+    """e1, e2 errors at the grid.  Measured 0.0028 / 0.0033: the issue target RMS <= 0.003 is met for e1,
+    not quite for e2 (noise-limited with ~50 stars of S/N > 50); asserted at 0.004."""
     _, de1, de2 = _shape_errors(char_r.exposure.psf, char_r.truth)
-    assert np.sqrt(np.mean(de1**2)) <= 0.008
-    assert np.sqrt(np.mean(de2**2)) <= 0.010
+    assert np.sqrt(np.mean(de1**2)) <= 0.004
+    assert np.sqrt(np.mean(de2**2)) <= 0.004
 
 
 def test_psf_size_g_frame(char_g):
-    """The sparser g frame (about 25 PSF stars): no size bias beyond 0.5 %, RMS within 1.5 %."""
-    dt, _, _ = _shape_errors(char_g.exposure.psf, char_g.truth)
-    assert abs(np.median(dt)) <= 0.005
-    assert np.sqrt(np.mean(dt**2)) <= 0.015
+    """The sparser g frame (about 25 PSF stars; measured T RMS 0.6 %, e RMS 0.009): noise-limited."""
+    dt, de1, de2 = _shape_errors(char_g.exposure.psf, char_g.truth)
+    assert abs(np.median(dt)) <= 0.003
+    assert np.sqrt(np.mean(dt**2)) <= 0.008
+    assert max(np.sqrt(np.mean(de1**2)), np.sqrt(np.mean(de2**2))) <= 0.012
 
 
 def test_psf_stars_are_stars(char_any):

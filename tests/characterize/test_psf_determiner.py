@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-
 from calexpress.characterize.psf_determiner import PsfexPsfDeterminerConfig, fit_pixel_psf
 from calexpress.psf import adaptive_moments
 

@@ -78,14 +78,13 @@ def test_simcam_raw_through_isr(simcam_dir):
     import warnings
 
     from astropy.io import fits
-    from scipy import ndimage
-    from truthframe import load_truth
-
     from calexpress.calibs import CrosstalkCalib, Defects, Linearizer
     from calexpress.camera import get_camera
     from calexpress.characterize import CharacterizeImageTask
     from calexpress.isr import IsrTask, IsrTaskConfig, apply_camera_overrides
     from calexpress.psf import adaptive_moments
+    from scipy import ndimage
+    from truthframe import load_truth
 
     cal = simcam_dir / "calib"
     cam = get_camera("simcamA")

@@ -84,3 +84,10 @@ def test_promtool_unit_tests_can_fail(tmp_path):
     res = subprocess.run([_promtool(), "test", "rules", "rules_test.yml"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode != 0 and "CalexpressEndToEndLatencyHigh" in res.stdout + res.stderr
+
+
+def test_example_prometheus_config_is_valid():
+    res = subprocess.run([_promtool(), "check", "config", "prometheus.example.yml"], cwd=PROMETHEUS_DIR,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "SUCCESS: 8 rules found" in res.stdout

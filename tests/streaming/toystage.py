@@ -36,7 +36,7 @@ class ToyProcessor(StageProcessor):
         self.config = ToyConfig()
         self.sleep = float(os.environ.get(f"TOY_SLEEP_{self.stage.upper()}", "0"))
 
-    def config_hash(self) -> str:
+    def config_hash(self, event) -> str:
         return config_hash(self.config)
 
     def process(self, event):
