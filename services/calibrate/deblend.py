@@ -174,6 +174,13 @@ class SourceDeblendTask(Task):
         from calexpress.footprints import HeavyFootprint
 
         image = np.asarray(exposure.image)
+        mask_arr = np.asarray(exposure.mask) if getattr(exposure, "mask", None) is not None else None
+        mask_bits = (
+            exposure.get_plane_bitmask(*cfg.maskPlanes) if mask_arr is not None and cfg.maskPlanes else 0
+        )
+        if mask_arr is None:
+            mask_arr = np.zeros((1, 1), np.int32)
+        masked = np.asarray(sources["deblend_masked"]).copy()
         ids = np.asarray(sources["id"], np.int64)
         id_info = exposureIdInfo or ExposureIdInfo()
         next_n = int(ids.max() - (id_info.expId << id_info.unusedBits if id_info.unusedBits < 63 else 0)) + 1
@@ -200,7 +207,16 @@ class SourceDeblendTask(Task):
                 too_many[row] = True
                 peaks = peaks[: cfg.maxNumberOfPeaks]
             keep: list[int] = []
+            masked_seen = False
             for k in range(len(peaks)):
+                # one peak per masked (saturated/interpolated) region: the others are bleed/core artefacts
+                pxk, pyk = int(peaks["x"][k]), int(peaks["y"][k])
+                box = mask_arr[max(pyk - 2, 0) : pyk + 3, max(pxk - 2, 0) : pxk + 3]
+                if mask_bits and np.any(box & mask_bits):
+                    if masked_seen:
+                        masked[row] = True
+                        continue
+                    masked_seen = True
                 if all(
                     np.hypot(peaks["x"][k] - peaks["x"][j], peaks["y"][k] - peaks["y"][j])
                     >= cfg.minPeakSeparation
@@ -234,6 +250,7 @@ class SourceDeblendTask(Task):
         sources["deblend_tooManyPeaks"] = too_many
         sources["deblend_parentTooBig"] = too_big
         sources["deblend_skipped"] = skipped
+        sources["deblend_masked"] = masked
         nc = len(child_rows["parent"])
         if nc:
             new = Table()

@@ -208,7 +208,7 @@ class PhotoCalConfig(Config):
         allowed={
             "none": "MAGZERO refers to fluxField (LSST)",
             "psfModel": "divide by the fraction of the PSF model inside calibApertureRadius",
-            "catalog": "median totalFluxField/fluxField over the brightest used stars",
+            "catalog": "sum(totalFluxField)/sum(fluxField) over the brightest used stars",
         },
     )
     psfModelTail = Field(
@@ -221,7 +221,7 @@ class PhotoCalConfig(Config):
         doc="Large-aperture flux used by apertureToTotal='catalog'",
     )
     totalFluxNumStars = RangeField(
-        dtype=int, default=25, min=3, doc="Brightest stars used for totalFluxField"
+        dtype=int, default=20, min=3, doc="Brightest stars used for totalFluxField"
     )
 
 
@@ -429,7 +429,7 @@ class PhotoCalTask(Task):
         return float(2 * np.pi * math.exp(icpt) * rmax ** (2 - alpha) / (alpha - 2))
 
     def _aperture_to_total(self, sourceCat: Table, rows: np.ndarray, calib_flux: np.ndarray) -> float:
-        """2.5 log10(median total/calib) over the brightest used stars (mag, positive)."""
+        """2.5 log10(sum total / sum calib) over the brightest used stars (mag, positive)."""
         try:
             total = _column(sourceCat, self.config.totalFluxField)[rows].astype(float)
         except KeyError:
@@ -441,5 +441,8 @@ class PhotoCalTask(Task):
         order = np.argsort(-calib_flux[ok])[: self.config.totalFluxNumStars]
         if len(order) < 3:
             return 0.0
-        ratio = total[ok][order] / calib_flux[ok][order]
-        return float(2.5 * np.log10(np.median(ratio)))
+        tot, cal = total[ok][order], calib_flux[ok][order]
+        ratio = tot / cal
+        # ratio of the summed fluxes (the brightest stars, least noisy, dominate), outliers (>10 %) out
+        keep = np.abs(ratio - np.median(ratio)) < 0.1
+        return float(2.5 * np.log10(np.sum(tot[keep]) / np.sum(cal[keep])))

@@ -160,7 +160,10 @@ class CharacterizeImageTask(Task):
             exposure = dataRef.get("postISRCCD")
         elif exposure is None:
             raise RuntimeError("No exposure supplied")
-        idinfo = exposure_id_info_for(dataRef.dataId, exposure)
+        if hasattr(ExposureIdInfo, "from_data_ref"):
+            idinfo = ExposureIdInfo.from_data_ref(dataRef)
+        else:
+            idinfo = exposure_id_info_for(dataRef.dataId, exposure)
         res = self.run(exposure, exposureIdInfo=idinfo, background=background)
         if self.config.doWrite:
             dataRef.put(res.sourceCat, "icSrc")

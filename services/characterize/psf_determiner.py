@@ -345,7 +345,7 @@ def fit_pixel_psf(
         polzero=polzero,
         polscal=polscal,
         size=size,
-        lanczos_order=order,
+        lanczos_order=3,
         avg_position=avg,
     )
     return PsfFitResult(model=mdl, used=used, chi2=chi2_all, flux=flux_all)

@@ -98,25 +98,47 @@ def _named(data: bytes, uri: str) -> Any:
     return f
 
 
-def _upload_target(repo: str, instrument: str, uri: str) -> str:
-    return storage.join(repo, "raw", instrument, storage.basename(uri))
+def _ingest_into_repo(repo: str, camera: Any, local: list[tuple[str, dict, str]]) -> dict[str, str]:
+    """Ingest local raws not yet in ``repo`` (copy + registry); return local path -> raw URI in the repo."""
+    from ..butler import Butler
+    from ..ingest import ingest_raws
+
+    def butler() -> Any:
+        try:
+            return Butler(repo)
+        except Exception:  # a new repository: ingest creates it
+            return None
+
+    b = butler()
+    todo = [(u, d, i) for u, d, i in local if b is None or not b.exists("raw", d)]
+    by_camera: dict[str, list[str]] = {}
+    for uri, _, instrument in todo:
+        by_camera.setdefault(str(camera or instrument), []).append(uri)
+    for cam, files in by_camera.items():
+        res = ingest_raws(repo, cam, files, mode="copy")
+        if res.failed:
+            raise ValueError(f"cannot ingest into {repo}: {res.failed[0]}")
+    b = butler()
+    return {u: b.get_uri("raw", d) for u, d, _ in local}
 
 
 def prepare_raws(sources: Sequence[str], *, repo: str = "", camera: Any = None,
                  upload: bool = True) -> list[RawAnnouncement]:
-    """Describe raw frames, uploading local files into ``<repo>/raw/<instrument>/`` when asked."""
+    """Describe raw frames; with ``upload``, ingest those outside ``repo`` into it (copy + registry).
+
+    Frames already in the repository's registry (same data ID) are not ingested again;
+    their event points at the repository's copy.
+    """
     from .service import object_checksum
 
-    out = []
-    for uri in list_raw_locations(sources):
-        data_id, instrument, obs_time = describe_raw(uri, camera)
-        target = uri
-        if upload and repo and storage.is_remote(repo) and not storage.is_remote(uri):
-            target = _upload_target(repo, instrument, uri)
-            if not storage.exists(target):
-                storage.put_local_file(uri, target)
-        out.append(RawAnnouncement(target, data_id, instrument, obs_time, object_checksum(target)))
-    return out
+    described = [(uri, *describe_raw(uri, camera)) for uri in list_raw_locations(sources)]
+    targets = {uri: uri for uri, *_ in described}
+    local = [(uri, did, inst) for uri, did, inst, _ in described
+             if upload and repo and not uri.startswith(repo.rstrip("/") + "/")]
+    if local:
+        targets.update(_ingest_into_repo(repo, camera, local))
+    return [RawAnnouncement(targets[uri], did, inst, obs, object_checksum(targets[uri]))
+            for uri, did, inst, obs in described]
 
 
 def raw_event(raw: RawAnnouncement, *, repo: str = "", collection: str = "") -> Event:

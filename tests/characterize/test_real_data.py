@@ -27,7 +27,8 @@ def test_obs_test_visit1(obs_test_repo, tmp_path):
     charConfig = config.charImage
     charConfig.doWriteExposure = True
     task = CharacterizeImageTask(config=charConfig)
-    res = task.runDataRef(ref, exposure=post, doUnpersist=False)
+    ref.put(post, "postISRCCD")
+    res = task.runDataRef(ref)  # doUnpersist: reads postISRCCD, as the characterize service does
     cat = res.sourceCat
     assert int(np.sum(cat["calib_psf_used"])) >= 10
     assert 2.0 < task.metadata["psfFwhm"] < 8.0

@@ -118,3 +118,28 @@ def collect(bootstrap: str, topic: str, n: int | None = None, timeout: float = 6
     more, to catch extra messages), or ``timeout``.
     """
     return asyncio.run(_collect(bootstrap, topic, n, timeout, idle, until))
+
+
+def publish_raws(files: list[str], brokers: str, topic: str, base: str):
+    """Announce raws, ingesting each camera's frames into its own repository ``<base>/<camera>``."""
+    from calexpress.streaming.announce import announce_raws
+
+    events = []
+    for cam in ("obs_test", "simcam"):
+        mine = [f for f in files if f"/{cam}" in f]
+        if mine:
+            events += announce_raws(mine, brokers=brokers, topic=topic, repo=f"{base}/{cam}")
+    return events
+
+
+def list_objects(prefix: str, contains: str = "") -> dict[str, str]:
+    """URI -> ETag of every object under ``prefix`` whose key contains ``contains``."""
+    from calexpress import storage
+
+    fs, path = storage.get_filesystem(prefix)
+    fs.invalidate_cache()
+    try:
+        found = fs.find(path, detail=True)
+    except FileNotFoundError:
+        return {}
+    return {f"s3://{k}": str(v.get("ETag")) for k, v in found.items() if contains in k}

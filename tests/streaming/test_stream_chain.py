@@ -15,9 +15,9 @@ import pytest
 from astropy.io import fits
 from calexpress import storage
 from calexpress.events import SCHEMA_VERSION, decode_event, encode_event, make_event
-from calexpress.streaming.announce import announce_raws, replay_topic, send_events
+from calexpress.streaming.announce import replay_topic, send_events
 from calexpress.streaming.service import decode_dead_letter
-from streamhelpers import ServiceProcs, collect, metric_value, unique_prefix
+from streamhelpers import ServiceProcs, collect, list_objects, metric_value, publish_raws, unique_prefix
 
 pytestmark = pytest.mark.integration
 
@@ -46,21 +46,9 @@ def raw_files(simcam_dir, obs_test_repo):
 @pytest.fixture(scope="module")
 def live(chain, raw_files):
     """Publish the 6 raws once; return (raw events, calexp messages)."""
-    events = announce_raws(raw_files, brokers=chain["brokers"], topic=chain["prefix"] + "raw",
-                           repo=chain["repo"])
+    events = publish_raws(raw_files, chain["brokers"], chain["prefix"] + "raw", chain["repo"])
     msgs = collect(chain["brokers"], chain["prefix"] + "calexp", n=6, timeout=90)
     return events, msgs
-
-
-def objects(prefix: str) -> dict[str, str]:
-    """URI -> ETag of every object under ``prefix``."""
-    fs, path = storage.get_filesystem(prefix)
-    fs.invalidate_cache()
-    try:
-        found = fs.find(path, detail=True)
-    except FileNotFoundError:
-        return {}
-    return {f"s3://{k}": str(v.get("ETag")) for k, v in found.items()}
 
 
 def _ccd(ev):
@@ -78,12 +66,12 @@ def test_six_raws_give_six_calexp_events(chain, live):
         assert ev.trace_id in by_trace  # the trace id follows the CCD through the stages
         assert ev.collection == "live" and ev.quality and set(ev.quality) >= {"zero_point", "psf_fwhm_arcsec"}
         for dtype, uri in ev.uris.items():
-            assert uri.startswith(chain["repo"] + "/rerun/live/")
+            assert uri.startswith(ev.repo + "/rerun/live/") and ev.repo.startswith(chain["repo"])
             assert ev.checksums[dtype].startswith("etag:")
             with fits.open(io.BytesIO(storage.read_bytes(uri))) as hdul:
                 assert hdul[0].header["STAGE"] == "calibrate"
     # no temporary object left under the output prefix
-    live = objects(chain["repo"] + "/rerun/live")
+    live = list_objects(chain["repo"], "/rerun/live/")
     assert len(live) == 6 * (5 + 3)
     assert [p for p in live if ".tmp-" in p] == []
 
@@ -94,7 +82,7 @@ def test_duplicates_reannounced_not_recomputed(chain, live):
     isr_port = procs[0].metrics_port
     before_dup = metric_value(isr_port, "calexpress_events_total", stage="isr", outcome="duplicate")
     before_proc = metric_value(isr_port, "calexpress_events_total", stage="isr", outcome="processed")
-    outputs = objects(chain["repo"] + "/rerun/live")
+    outputs = list_objects(chain["repo"], "/rerun/live/")
     send_events(chain["brokers"], chain["prefix"] + "raw", events)  # every raw event a second time
     msgs = collect(chain["brokers"], chain["prefix"] + "calexp", n=12, timeout=90)
     assert len(msgs) == 12
@@ -106,7 +94,7 @@ def test_duplicates_reannounced_not_recomputed(chain, live):
     assert metric_value(isr_port, "calexpress_events_total", stage="isr", outcome="processed") == before_proc
     cal_port = procs[2].metrics_port
     assert metric_value(cal_port, "calexpress_events_total", stage="calibrate", outcome="duplicate") >= 6
-    assert objects(chain["repo"] + "/rerun/live") == outputs  # one set of outputs, none rewritten
+    assert list_objects(chain["repo"], "/rerun/live/") == outputs  # one set of outputs, none rewritten
 
 
 def test_bad_messages_go_to_dead_letter_topic(chain, live, tmp_path):
@@ -115,11 +103,11 @@ def test_bad_messages_go_to_dead_letter_topic(chain, live, tmp_path):
     repo = chain["repo"]
     # a truncated FITS file
     data = storage.read_bytes(good.uris["raw"])
-    trunc_uri = f"{repo}/raw/broken/truncated.fits"
+    trunc_uri = f"{repo}/broken/truncated.fits"
     storage.atomic_write(trunc_uri, data[: len(data) // 3])
     truncated = make_event("raw", {"visit": 9001, "ccd": 0}, {"raw": trunc_uri}, stage="publish",
                            instrument="simcamA")
-    missing = make_event("raw", {"visit": 9002, "ccd": 0}, {"raw": f"{repo}/raw/nowhere/missing.fits"},
+    missing = make_event("raw", {"visit": 9002, "ccd": 0}, {"raw": f"{repo}/nowhere/missing.fits"},
                          stage="publish", instrument="simcamA")
     future = dict(make_event("raw", {"visit": 9003, "ccd": 0}, {"raw": trunc_uri}, stage="publish").to_dict())
     future["schema_version"] = SCHEMA_VERSION + 1
@@ -150,7 +138,7 @@ def test_bad_messages_go_to_dead_letter_topic(chain, live, tmp_path):
 
 def test_replay_into_rerun_leaves_live_untouched(chain, live):
     repo = chain["repo"]
-    live_objs = objects(repo + "/rerun/live")
+    live_objs = list_objects(repo, "/rerun/live/")
     assert len(live_objs) >= 6 * 5  # 5 data sets + 3 completion records per CCD
     sent = replay_topic(chain["brokers"], chain["prefix"] + "raw", "reproc", from_offset=0, idle=2.0)
     assert len(sent) >= 12  # the 6 raws were announced twice (plus none of the bad or rerun ones)
@@ -165,8 +153,8 @@ def test_replay_into_rerun_leaves_live_untouched(chain, live):
     assert len({(e.instrument, e.data_id["visit"]) for e in reproc}) == 6
     for ev in reproc:
         for uri in ev.uris.values():
-            assert uri.startswith(repo + "/rerun/reproc/") and storage.exists(uri)
-    assert objects(repo + "/rerun/live") == live_objs
+            assert uri.startswith(ev.repo + "/rerun/reproc/") and storage.exists(uri)
+    assert list_objects(repo, "/rerun/live/") == live_objs
 
 
 def test_prometheus_scrapes_the_services(chain, live, tmp_path):

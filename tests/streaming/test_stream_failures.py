@@ -11,9 +11,9 @@ from collections import defaultdict
 import pytest
 from calexpress import storage
 from calexpress.events import decode_event, make_event
-from calexpress.streaming.announce import announce_raws, send_events
+from calexpress.streaming.announce import send_events
 from calexpress.streaming.procutil import wait_for
-from streamhelpers import collect, metric_value, unique_prefix
+from streamhelpers import collect, list_objects, metric_value, publish_raws, unique_prefix
 
 pytestmark = pytest.mark.integration
 
@@ -24,15 +24,6 @@ def raw_files(simcam_dir, obs_test_repo):
         glob.glob(str(obs_test_repo / "raw" / "*.fits*")))
     assert len(files) == 6
     return files
-
-
-def _objects(prefix: str) -> list[str]:
-    fs, path = storage.get_filesystem(prefix)
-    fs.invalidate_cache()
-    try:
-        return [f"s3://{k}" for k in fs.find(path)]
-    except FileNotFoundError:
-        return []
 
 
 def _producer(msg) -> str:
@@ -46,7 +37,7 @@ def test_kill9_characterize_mid_ccd_then_restart(services, broker, raw_files):
     slow = {"TOY_SLEEP_CHARACTERIZE": "2.5"}
     char = services.start("characterize", prefix=prefix, repo=repo, env=slow)
     services.start("calibrate", prefix=prefix, repo=repo)
-    events = announce_raws(raw_files, brokers=broker.bootstrap, topic=prefix + "raw", repo=repo)
+    events = publish_raws(raw_files, broker.bootstrap, prefix + "raw", repo)
     # kill -9 while a CCD is being characterized
     wait_for(lambda: metric_value(char.metrics_port, "calexpress_inflight", stage="characterize") == 1
              and metric_value(char.metrics_port, "calexpress_events_total", stage="characterize",
@@ -65,7 +56,7 @@ def test_kill9_characterize_mid_ccd_then_restart(services, broker, raw_files):
     for evs in per_ccd.values():
         for uri in evs[0].uris.values():
             assert storage.exists(uri)
-    objs = _objects(repo + "/rerun/live")
+    objs = list(list_objects(repo, "/rerun/live/"))
     assert [o for o in objs if ".tmp-" in os.path.basename(o)] == []
     # complete outputs: 5 data sets and 3 completion records per CCD
     assert len(objs) == 6 * 8
@@ -78,7 +69,7 @@ def test_two_isr_processes_share_partitions_and_take_over(services, broker, raw_
     a = services.start("isr", prefix=prefix, repo=repo, env=slow, name="isr-a")
     b = services.start("isr", prefix=prefix, repo=repo, env=slow, name="isr-b")
     time.sleep(4)  # let the second member's join settle (Tansu holds JoinGroup ~session/2)
-    raws = announce_raws(raw_files, brokers=broker.bootstrap, topic=prefix + "raw", repo=repo)
+    raws = publish_raws(raw_files, broker.bootstrap, prefix + "raw", repo)
     more = [make_event("raw", e.data_id, e.uris, stage="publish", instrument=e.instrument, repo=e.repo,
                        collection=f"extra{i}") for i in range(3) for e in raws]
     send_events(broker.bootstrap, prefix + "raw", more)
@@ -120,7 +111,7 @@ def test_sigterm_finishes_current_ccd_and_commits_it(services, broker, raw_files
     repo = f"s3://calexpress/{prefix.rstrip('.')}"
     slow = {"TOY_SLEEP_ISR": "2.0"}
     isr = services.start("isr", prefix=prefix, repo=repo, env=slow, name="isr-term")
-    announce_raws(raw_files[:3], brokers=broker.bootstrap, topic=prefix + "raw", repo=repo)
+    publish_raws(raw_files[:3], broker.bootstrap, prefix + "raw", repo)
     wait_for(lambda: metric_value(isr.metrics_port, "calexpress_inflight", stage="isr") == 1, 60, 0.05,
              "isr busy")
     os.kill(isr.pid, signal.SIGTERM)

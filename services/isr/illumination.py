@@ -1,0 +1,203 @@
+"""Illumination correction from flat-fielded sky frames (a smoothed "dark-sky flat").
+
+Twilight or dome flats are lit differently from the night sky (scattered light in the flat, a colour or
+pupil difference), so a frame divided by them keeps a smooth large-scale pattern.  The correction is the
+ratio of the night sky to the flat, measured on several flat-fielded science frames of different fields:
+each frame gets an object mask (sigma-clipped threshold above a local background, faint extended light from
+a smoothed copy, grown), its unmasked pixels are summarised by the median of every ``binSize`` cell
+(cells mostly covered by objects, and their neighbours, are dropped), each frame's cell map is normalised
+by its median, the maps are median-combined across frames, holes filled from the nearest good cell,
+lightly smoothed and interpolated to full resolution with a cubic spline.  The result has median 1; a
+flat multiplied by it (``make-calibs flat --illum-id``) flattens the night sky (IRAF ``mkillumflat``;
+LSST's ``illumcor`` dataset plays the same part).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from calexpress.exposure import Exposure
+from calexpress.stats import clipped_stats
+from scipy import ndimage
+
+__all__ = ["BAD_PLANES", "cell_medians", "make_illumination_correction", "object_mask"]
+
+#: mask planes whose pixels never enter the illumination statistics
+BAD_PLANES = ("BAD", "SAT", "INTRP", "EDGE", "NO_DATA", "VIGNETTED", "UNMASKEDNAN", "CR", "SUSPECT")
+
+
+def object_mask(
+    image: np.ndarray,
+    bad: np.ndarray,
+    nsigma: float = 2.5,
+    grow: int = 5,
+    background_cell: int = 16,
+    extended_sigma: float = 4.0,
+) -> np.ndarray:
+    """Pixels covered by stars, galaxies and their faint halos.
+
+    Parameters
+    ----------
+    image : `numpy.ndarray`
+        Flat-fielded image.
+    bad : `numpy.ndarray`
+        Boolean, pixels to ignore when measuring the noise.
+    nsigma : `float`
+        Detection threshold in units of the sigma-clipped pixel noise, above a local background (median
+        filter of ``background_cell``-binned medians).
+    grow : `int`
+        Dilation of the detections, pixels.
+    extended_sigma : `float`
+        Gaussian smoothing (pixels) of the background-subtracted image for faint extended light, which is
+        detected at ``nsigma`` times the smoothed noise.
+
+    Returns
+    -------
+    mask : `numpy.ndarray`
+        Boolean, True on objects.
+    """
+    img = np.where(bad | ~np.isfinite(image), np.nan, image).astype(np.float32)
+    _, sigma, _ = clipped_stats(img, ~np.isfinite(img), nsigma=3.0, niter=5)
+    ny, nx = img.shape
+    c = background_cell
+    pad_y, pad_x = (-ny) % c, (-nx) % c
+    padded = np.pad(img, ((0, pad_y), (0, pad_x)), constant_values=np.nan)
+    cells = np.nanmedian(padded.reshape(padded.shape[0] // c, c, padded.shape[1] // c, c), axis=(1, 3))
+    cells = _fill_nearest(cells)
+    cells = ndimage.median_filter(cells, size=7, mode="nearest")
+    back = ndimage.zoom(cells, c, order=1, mode="nearest")[:ny, :nx]
+    resid = np.nan_to_num(img - back, nan=0.0)
+    det = resid > nsigma * sigma
+    det = ndimage.binary_opening(det)
+    smooth_sigma = sigma / (2.0 * np.sqrt(np.pi) * extended_sigma)  # noise of the Gaussian-smoothed image
+    det |= ndimage.gaussian_filter(resid, extended_sigma) > nsigma * smooth_sigma
+    return ndimage.binary_dilation(det, iterations=grow)
+
+
+def _fill_nearest(a: np.ndarray) -> np.ndarray:
+    good = np.isfinite(a)
+    if good.all() or not good.any():
+        return np.where(good, a, 1.0) if not good.any() else a
+    idx = ndimage.distance_transform_edt(~good, return_distances=False, return_indices=True)
+    return a[tuple(idx)]
+
+
+def cell_medians(
+    image: np.ndarray,
+    ignore: np.ndarray,
+    objects: np.ndarray,
+    bin_size: int,
+    max_object_fraction: float,
+    min_good_fraction: float = 0.5,
+) -> np.ndarray:
+    """Median of the object-free good pixels of every ``bin_size`` cell (NaN where unusable).
+
+    A cell is unusable when fewer than ``min_good_fraction`` of its pixels are good (not ``ignore``) or
+    more than ``max_object_fraction`` of its good pixels are on objects.
+    """
+    ny, nx = image.shape
+    out = np.full((ny // bin_size, nx // bin_size), np.nan)
+    for j in range(out.shape[0]):
+        for i in range(out.shape[1]):
+            sl = np.s_[j * bin_size : (j + 1) * bin_size, i * bin_size : (i + 1) * bin_size]
+            good = ~ignore[sl]
+            ngood = int(good.sum())
+            if ngood < min_good_fraction * bin_size * bin_size:
+                continue
+            obj = objects[sl] & good
+            if obj.sum() > max_object_fraction * ngood:
+                continue
+            out[j, i] = np.median(image[sl][good & ~obj])
+    return out
+
+
+def make_illumination_correction(
+    exposures: Sequence[Exposure],
+    bin_size: int = 32,
+    nsigma: float = 2.5,
+    grow: int = 5,
+    max_object_fraction: float = 0.3,
+    smoothing: float = 1.0,
+) -> Exposure:
+    """Illumination correction (median 1) from flat-fielded sky exposures of different fields.
+
+    Parameters
+    ----------
+    exposures : sequence of `Exposure`
+        Post-ISR frames divided by the flat to be corrected (at least 2; 3 or more recommended, of
+        different fields, so that the median rejects objects that escape the mask).
+    bin_size : `int`
+        Cell size of the binned sky maps, pixels.
+    nsigma, grow : `float`, `int`
+        Object detection threshold and growth (`object_mask`).
+    max_object_fraction : `float`
+        Cells with more object pixels than this fraction are dropped, with their 8 neighbours (halos).
+    smoothing : `float`
+        Gaussian smoothing of the combined cell map, in cells (0: none).
+
+    Returns
+    -------
+    illum : `Exposure`
+        Full-resolution correction, median 1 over the good cells; ``flat * illum`` is the corrected flat.
+        The variance plane holds the variance of the combined cell map, interpolated.
+    """
+    if len(exposures) < 2:
+        raise ValueError(f"illumination correction needs at least 2 sky frames, got {len(exposures)}")
+    shape = exposures[0].image.shape
+    maps = []
+    for exp in exposures:
+        if exp.image.shape != shape:
+            raise ValueError(f"sky frames differ in shape: {exp.image.shape} vs {shape}")
+        ignore = (exp.mask & exp.get_plane_bitmask(*BAD_PLANES)) != 0
+        ignore |= ~np.isfinite(exp.image)
+        objects = object_mask(exp.image, ignore, nsigma=nsigma, grow=grow)
+        cells = cell_medians(exp.image, ignore, objects, bin_size, max_object_fraction)
+        crowded = np.isnan(cells) & ~np.isnan(cell_medians(exp.image, ignore, objects, bin_size, 1.0))
+        cells[ndimage.binary_dilation(crowded)] = np.nan
+        level = np.nanmedian(cells)
+        if not (np.isfinite(level) and level > 0):
+            raise ValueError("sky frame has no usable positive sky for an illumination correction")
+        maps.append(cells / level)
+    stack = np.array(maps)
+    with np.errstate(all="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            combined = np.nanmedian(stack, axis=0)
+            nmap = np.isfinite(stack).sum(axis=0)
+            spread = np.nanstd(stack, axis=0) ** 2 / np.maximum(nmap, 1)
+    combined = _fill_nearest(combined)
+    spread = _fill_nearest(np.where(nmap > 1, spread, np.nan))
+    if smoothing > 0:
+        combined = ndimage.gaussian_filter(combined, smoothing, mode="nearest")
+    combined /= np.median(combined)
+    ny, nx = shape
+    image = _upsample(combined, bin_size, shape)
+    variance = _upsample(spread, bin_size, shape)
+    md = exposures[0].metadata.__class__() if exposures[0].metadata is not None else None
+    illum = Exposure(
+        image.astype(np.float32),
+        None,
+        variance.astype(np.float32),
+        mask_planes=dict(exposures[0].mask_planes),
+        metadata=md,
+        detector=exposures[0].detector,
+        filter=exposures[0].filter,
+    )
+    return illum
+
+
+def _upsample(cells: np.ndarray, bin_size: int, shape: tuple[int, int]) -> np.ndarray:
+    """Cubic spline through the cell centres, evaluated at every pixel (constant beyond the edges)."""
+    from scipy.interpolate import RectBivariateSpline
+
+    ny, nx = shape
+    yc = (np.arange(cells.shape[0]) + 0.5) * bin_size - 0.5
+    xc = (np.arange(cells.shape[1]) + 0.5) * bin_size - 0.5
+    k = min(3, cells.shape[0] - 1, cells.shape[1] - 1)
+    spline = RectBivariateSpline(yc, xc, cells, kx=max(k, 1), ky=max(k, 1))
+    y = np.clip(np.arange(ny), yc[0], yc[-1])
+    x = np.clip(np.arange(nx), xc[0], xc[-1])
+    return spline(y, x)
