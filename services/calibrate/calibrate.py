@@ -519,25 +519,11 @@ class CalibrateTask(Task):
                 icSourceCat = dataRef.get("icSrc")
         if exposure is None:
             raise TaskError("runDataRef: no exposure given and doUnpersist is False")
-        exp_id = self._exposure_id(dataRef)
+        exp_id = ExposureIdInfo.from_data_ref(dataRef)
         result = self.run(exposure, exposureIdInfo=exp_id, background=background, icSourceCat=icSourceCat)
         if self.config.doWrite:
             self.writeOutputs(dataRef, result)
         return result
-
-    @staticmethod
-    def _exposure_id(dataRef) -> ExposureIdInfo:
-        try:
-            butler = dataRef.getButler()
-            cam = butler.camera
-            if hasattr(cam, "exposure_id"):
-                return ExposureIdInfo(int(cam.exposure_id(dataRef.dataId)), 32)
-        except Exception:  # noqa: BLE001 - ids are only a convenience here
-            pass
-        did = dict(dataRef.dataId)
-        visit = int(did.get("visit", 0) or 0)
-        ccd = int(did.get("ccd", 0) or 0)
-        return ExposureIdInfo((visit * 256 + ccd) % (1 << 31), 32)
 
     def writeOutputs(self, dataRef, result: Struct) -> None:
         """Write the datasets of a `run` result through ``dataRef``."""

@@ -101,41 +101,46 @@ def fit_tan_sip(
     design = _design(u, v, terms, norm)
     w = np.ones(len(u)) if weights is None else np.asarray(weights, float)
     crval = (float(crval[0]), float(crval[1]))
-    prior_rows = None
+    i10, i01 = terms.index((1, 0)), terms.index((0, 1))
+    prior = None
     if prior_wcs is not None and prior_wcs.sip is not None and prior_sigma_pix > 0 and order >= 2:
+        # The prior is on the pixel-space SIP coefficients A/B (stable camera optics); the fitted sky-space
+        # coefficients are CD @ (A, B), with the CD of the current solution (the prior's CD may be off in
+        # rotation and scale).
         pscale = float(np.sqrt(abs(np.linalg.det(prior_wcs.pixel_scale_matrix))))  # deg / pixel
-        cd0 = prior_wcs.pixel_scale_matrix
         pa, pb = prior_wcs.sip.a, prior_wcs.sip.b
-        idx, tx, ty = [], [], []
+        idx, ab = [], []
         for k, (p, q) in enumerate(terms):
             if p + q < 2:
                 continue
             a_pq = pa[p, q] if p < pa.shape[0] and q < pa.shape[1] else 0.0
             b_pq = pb[p, q] if p < pb.shape[0] and q < pb.shape[1] else 0.0
-            cxy = cd0 @ np.array([a_pq, b_pq]) * norm ** (p + q)
             idx.append(k)
-            tx.append(cxy[0])
-            ty.append(cxy[1])
+            ab.append(np.array([a_pq, b_pq]) * norm ** (p + q))
         sig_deg = prior_sigma_pix * pscale
-        # data rows in units of 1/deg: weights are 1/sigma_pix
-        w = w / pscale
+        w = w / pscale  # data rows in units of 1/deg: weights are 1/sigma_pix
         rows = np.zeros((len(idx), len(terms)))
         rows[np.arange(len(idx)), idx] = 1.0 / sig_deg
-        prior_rows = (rows, np.array(tx) / sig_deg, np.array(ty) / sig_deg)
-    for _ in range(3):
+        prior = (rows, np.array(ab), sig_deg)
+        cd_prior = np.asarray(prior_wcs.pixel_scale_matrix, float)
+    n_iter = 4 if prior is not None else 3
+    for it in range(n_iter):
         xi, eta = gnomonic(ra_deg, dec_deg, crval)
         dw = design * w[:, None]
         bx, by = xi * w, eta * w
-        if prior_rows is not None:
-            dw = np.vstack([dw, prior_rows[0]])
-            bx = np.concatenate([bx, prior_rows[1]])
-            by = np.concatenate([by, prior_rows[2]])
+        if prior is not None:
+            targets = prior[1] @ cd_prior.T / prior[2]
+            dw = np.vstack([dw, prior[0]])
+            bx = np.concatenate([bx, targets[:, 0]])
+            by = np.concatenate([by, targets[:, 1]])
         cx, *_ = np.linalg.lstsq(dw, bx, rcond=None)
         cy, *_ = np.linalg.lstsq(dw, by, rcond=None)
-        if abs(cx[0]) < 1e-12 and abs(cy[0]) < 1e-12:
+        if prior is not None:
+            cd_prior = np.array([[cx[i10], cx[i01]], [cy[i10], cy[i01]]]) / norm
+        elif abs(cx[0]) < 1e-12 and abs(cy[0]) < 1e-12:
             break
-        crval = _deproject(cx[0], cy[0], crval)
-    i10, i01 = terms.index((1, 0)), terms.index((0, 1))
+        if it < n_iter - 1:
+            crval = _deproject(cx[0], cy[0], crval)
     cd = np.array([[cx[i10], cx[i01]], [cy[i10], cy[i01]]]) / norm
     cdinv = np.linalg.inv(cd)
     wcs = WCS(naxis=2)
@@ -159,7 +164,7 @@ def fit_tan_sip(
         b[p, q] = db / scale
     # Inverse polynomials on a grid.
     x0, y0, wd, ht = bbox
-    gx, gy = np.meshgrid(np.linspace(x0 - 20, x0 + wd + 20, 40), np.linspace(y0 - 20, y0 + ht + 20, 40))
+    gx, gy = np.meshgrid(np.linspace(x0 - 20, x0 + wd + 20, 25), np.linspace(y0 - 20, y0 + ht + 20, 25))
     gu, gv = gx.ravel() - crpix[0], gy.ravel() - crpix[1]
     fu = gu + sum(a[p, q] * gu**p * gv**q for p, q in _terms(order, 2))
     fv = gv + sum(b[p, q] * gu**p * gv**q for p, q in _terms(order, 2))

@@ -38,7 +38,6 @@ __all__ = [
     "CharacterizeImageConfig",
     "CharacterizeImageTask",
     "InstallGaussianPsfConfig",
-    "exposure_id_info_for",
 ]
 
 _FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
@@ -107,14 +106,6 @@ class CharacterizeImageConfig(Config):
             raise ValueError("doApCorr requires measurePsf")
 
 
-def exposure_id_info_for(dataId: dict, exposure: Any = None, expBits: int = 41) -> ExposureIdInfo:
-    """The source-id information of a CCD: ``expId`` = ``visit`` (LSST obs_test: 41 bits)."""
-    exp_id = dataId.get("visit")
-    if exp_id is None and exposure is not None and getattr(exposure, "visit_info", None) is not None:
-        exp_id = exposure.visit_info.exposure_id
-    return ExposureIdInfo(int(exp_id or 0), expBits)
-
-
 class CharacterizeImageTask(Task):
     """Characterise an ISR-corrected exposure: background, PSF, cosmic rays, bright sources, ap. corr."""
 
@@ -160,10 +151,7 @@ class CharacterizeImageTask(Task):
             exposure = dataRef.get("postISRCCD")
         elif exposure is None:
             raise RuntimeError("No exposure supplied")
-        if hasattr(ExposureIdInfo, "from_data_ref"):
-            idinfo = ExposureIdInfo.from_data_ref(dataRef)
-        else:
-            idinfo = exposure_id_info_for(dataRef.dataId, exposure)
+        idinfo = ExposureIdInfo.from_data_ref(dataRef)
         res = self.run(exposure, exposureIdInfo=idinfo, background=background)
         if self.config.doWrite:
             dataRef.put(res.sourceCat, "icSrc")

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from calexpress.config import Config, Field, ListField
+from calexpress.config import ChoiceField, Config, Field, ListField
 
 from .moments import adaptive_moments
 from .resample import lanczos_matrix, resample_stamp
@@ -82,6 +82,15 @@ class PsfexPsfDeterminerConfig(Config):
     nIterForPsf = Field(dtype=int, default=3, doc="Fit / reject iterations")
     lanczosOrder = Field(dtype=int, default=7, doc="Lanczos order used to resample the star stamps")
     minStars = Field(dtype=int, default=3, doc="Fewest stars needed for a fit")
+    spatialModel = ChoiceField(
+        dtype=str,
+        default="DISTORTION",
+        allowed={
+            "DISTORTION": "free mean image; its variation restricted to dilation and shear modes of it",
+            "PIXEL": "every basis pixel an independent polynomial (PSFEx)",
+        },
+        doc="How the model varies over the detector",
+    )
 
 
 def poly_terms(u: np.ndarray, v: np.ndarray, order: int) -> np.ndarray:
@@ -283,6 +292,7 @@ def fit_pixel_psf(
     # starting model (for imputing masked pixels): median normalised stamp
     model = np.broadcast_to(np.median(d[ok] / f[ok, None], axis=0), d.shape)
     chi2 = np.full(len(keep_idx), np.nan)
+    coef = None
     for it in range(max(config.nIterForPsf, 1) + 1):
         # star signal-to-noise for the model, and one weight per star (PSFEx's PSF_ACCURACY term):
         # every pixel of the basis is fitted with the same star weights, so that all pixels share
@@ -290,9 +300,12 @@ def fit_pixel_psf(
         snr2 = f * f * (ivar * pixmask * model * model).sum(axis=1)
         wstar = 1.0 / (1.0 / np.maximum(snr2, 1e-30) + config.tolerance**2) * ok
         r = np.where(pixmask, d / f[:, None], model)
-        M = (A * wstar[:, None]).T @ A
-        M += np.eye(nterm) * 1e-12 * np.trace(M)
-        coef = np.linalg.solve(M, (A * wstar[:, None]).T @ r).T  # (npix, nterm)
+        if config.spatialModel == "DISTORTION" and nterm > 1:
+            coef = _fit_distortion(r, A, wstar, coef if it > 0 else None, nmod, sampling)
+        else:
+            M = (A * wstar[:, None]).T @ A
+            M += np.eye(nterm) * 1e-12 * np.trace(M)
+            coef = np.linalg.solve(M, (A * wstar[:, None]).T @ r).T  # (npix, nterm)
         model = A @ coef.T  # (ns, npix), unit-flux units
         # re-estimate fluxes as the model amplitude
         wv = ivar * pixmask
@@ -349,6 +362,49 @@ def fit_pixel_psf(
         avg_position=avg,
     )
     return PsfFitResult(model=mdl, used=used, chi2=chi2_all, flux=flux_all)
+
+
+def distortion_modes(image: np.ndarray, step: float = 1.0) -> np.ndarray:
+    """First-order affine distortions of a centred PSF image: dilation, shear e1, shear e2.
+
+    Returns ``(3, n, n)`` flux-conserving images ``-(x.grad P) - 2 P``, ``-(x dP/dx - y dP/dy)`` and
+    ``-(y dP/dx + x dP/dy)`` (coordinates in units of the grid step; spectral derivatives).
+    """
+    n = image.shape[0]
+    k = 2j * np.pi * np.fft.fftfreq(n)
+    ft = np.fft.fft2(image)
+    gx = np.real(np.fft.ifft2(ft * k[None, :]))
+    gy = np.real(np.fft.ifft2(ft * k[:, None]))
+    c = np.arange(n) - n // 2
+    x = c[None, :].astype(float)
+    y = c[:, None].astype(float)
+    return np.array([-(x * gx + y * gy) - 2 * image, -(x * gx - y * gy), -(y * gx + x * gy)])
+
+
+def _fit_distortion(
+    r: np.ndarray, A: np.ndarray, wstar: np.ndarray, coef: np.ndarray | None, nmod: int, step: float
+) -> np.ndarray:
+    """Weighted fit of ``r_s = C0 + sum_t A_st sum_j a_tj D_j``: a free mean image ``C0`` and a spatial
+    variation restricted to the affine-distortion modes ``D_j`` of ``C0`` (returns ``(npix, nterm)``).
+    """
+    W = max(wstar.sum(), 1e-300)
+    rbar = (wstar[:, None] * r).sum(axis=0) / W
+    abar = (wstar[:, None] * A).sum(axis=0) / W
+    Ac = A[:, 1:] - abar[None, 1:]
+    rc = r - rbar[None, :]
+    nterm = A.shape[1]
+    c0 = rbar if coef is None else coef[:, 0] + coef[:, 1:] @ abar[1:]
+    for _ in range(2):
+        D = distortion_modes(c0.reshape(nmod, nmod), step).reshape(3, -1)  # (m, npix)
+        G = (Ac * wstar[:, None]).T @ Ac  # (nt-1, nt-1)
+        DD = D @ D.T
+        N = np.kron(G, DD)
+        rhs = ((Ac * wstar[:, None]).T @ (rc @ D.T)).reshape(-1)  # (t, j)
+        N += np.eye(len(N)) * 1e-12 * np.trace(N)
+        a = np.linalg.solve(N, rhs).reshape(nterm - 1, 3)
+        var_imgs = a @ D  # (nt-1, npix)
+        c0 = rbar - abar[1:] @ var_imgs
+    return np.concatenate([c0[None, :], var_imgs], axis=0).T
 
 
 def validate_model(

@@ -14,6 +14,7 @@ LSST's ``illumcor`` dataset plays the same part).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -63,7 +64,9 @@ def object_mask(
     c = background_cell
     pad_y, pad_x = (-ny) % c, (-nx) % c
     padded = np.pad(img, ((0, pad_y), (0, pad_x)), constant_values=np.nan)
-    cells = np.nanmedian(padded.reshape(padded.shape[0] // c, c, padded.shape[1] // c, c), axis=(1, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cells (vignetted corners) stay NaN
+        cells = np.nanmedian(padded.reshape(padded.shape[0] // c, c, padded.shape[1] // c, c), axis=(1, 3))
     cells = _fill_nearest(cells)
     cells = ndimage.median_filter(cells, size=7, mode="nearest")
     back = ndimage.zoom(cells, c, order=1, mode="nearest")[:ny, :nx]
@@ -106,7 +109,8 @@ def cell_medians(
             if ngood < min_good_fraction * bin_size * bin_size:
                 continue
             obj = objects[sl] & good
-            if obj.sum() > max_object_fraction * ngood:
+            nobj = int(obj.sum())
+            if nobj > max_object_fraction * ngood or nobj == ngood:
                 continue
             out[j, i] = np.median(image[sl][good & ~obj])
     return out
@@ -160,14 +164,11 @@ def make_illumination_correction(
             raise ValueError("sky frame has no usable positive sky for an illumination correction")
         maps.append(cells / level)
     stack = np.array(maps)
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            combined = np.nanmedian(stack, axis=0)
-            nmap = np.isfinite(stack).sum(axis=0)
-            spread = np.nanstd(stack, axis=0) ** 2 / np.maximum(nmap, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # cells without data in any frame stay NaN
+        combined = np.nanmedian(stack, axis=0)
+        nmap = np.isfinite(stack).sum(axis=0)
+        spread = np.nanstd(stack, axis=0) ** 2 / np.maximum(nmap, 1)
     combined = _fill_nearest(combined)
     spread = _fill_nearest(np.where(nmap > 1, spread, np.nan))
     if smoothing > 0:

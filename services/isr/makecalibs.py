@@ -7,6 +7,11 @@ dark correction with `IsrTask`; the frames are combined pixel by pixel with a si
 - dark: ADU per second of dark time;
 - flat: electrons, each frame normalised by its median, the combination renormalised to a median of 1.
 
+Optional illumination correction (``flat --illum-id``): the new flat is applied to flat-fielded sky
+frames of several fields, `make_illumination_correction` measures the smooth ratio of the night sky to
+the flat, and the ingested flat is the product of the two (``ILLUMCOR`` in its header names the inputs),
+so that IsrTask's ``doFlat`` flattens the night sky rather than the twilight.
+
 Optional defects: pixels of a master flat deviating by more than ``--defect-threshold`` from the local
 level, and hot pixels of a master dark, become a ``defects`` product.
 
@@ -33,6 +38,7 @@ from calexpress.calibs import Defects
 from calexpress.exposure import Exposure
 from calexpress.stats import clipped_stats
 
+from .illumination import make_illumination_correction
 from .isrTask import IsrTask, IsrTaskConfig, apply_camera_overrides
 
 __all__ = [
@@ -43,6 +49,7 @@ __all__ = [
     "make_calibs",
     "make_dark",
     "make_flat",
+    "make_illuminated_flat",
     "register_cli",
 ]
 
@@ -232,6 +239,63 @@ def make_flat(raws: Sequence[Exposure], bias=None, dark=None, camera=None, nsigm
     return _master(image, var, template, "flat", ids, filt, dates, "")
 
 
+def make_illuminated_flat(
+    flat: Exposure,
+    sky_raws: Sequence[Exposure],
+    bias=None,
+    dark=None,
+    camera=None,
+    bin_size: int = 32,
+    defects: Defects | None = None,
+) -> tuple[Exposure, Exposure]:
+    """Multiply a master flat by the illumination correction measured on sky frames.
+
+    Parameters
+    ----------
+    flat : `Exposure`
+        Master flat (median 1), e.g. from twilight frames.
+    sky_raws : sequence of `Exposure`
+        Raw science frames of several fields in the flat's filter (at least 2; stars and galaxies are
+        masked, and the median over fields rejects what the mask misses).
+    bias, dark : optional
+        Master bias and dark for their ISR.
+    bin_size : `int`
+        Cell size of the correction (`make_illumination_correction`).
+    defects : `Defects`, optional
+        Defects masked in the sky frames (the camera's static defects are always added).
+
+    Returns
+    -------
+    flat : `Exposure`
+        ``flat * illum`` renormalised to median 1 (variance scaled alike), header ``ILLUMCOR``, ``ILLUMN``.
+    illum : `Exposure`
+        The correction itself.
+    """
+    cfg = IsrTaskConfig()
+    if camera is not None:
+        apply_camera_overrides(cfg, camera)  # the sky frames get the camera's science ISR
+    cfg.doBias, cfg.doDark, cfg.doFlat = bias is not None, dark is not None, True
+    cfg.doWrite = cfg.expectWcs = False
+    task = IsrTask(config=cfg)
+    frames, ids = [], []
+    for i, raw in enumerate(sky_raws):
+        if flat.filter and raw.filter and raw.filter != flat.filter:
+            raise ValueError(f"sky frame {_exp_id(raw, i)} has filter {raw.filter}, the flat {flat.filter}")
+        frames.append(task.run(raw, bias=bias, dark=dark, flat=flat, defects=defects, camera=camera).exposure)
+        ids.append(_exp_id(raw, i))
+    illum = make_illumination_correction(frames, bin_size=bin_size)
+    image = flat.image * illum.image
+    norm = float(np.nanmedian(image))
+    out = flat.clone()
+    out.image = (image / norm).astype(np.float32)
+    out.variance = (flat.variance * (illum.image / norm) ** 2).astype(np.float32)
+    out.metadata["ILLUMCOR"] = (",".join(str(i) for i in ids)[:68], "sky frames of the illumination corr.")
+    out.metadata["ILLUMN"] = (len(ids), "number of sky frames of the illumination corr.")
+    illum.metadata["CALIBTYP"] = "illumcor"
+    illum.metadata["INPUTS"] = out.metadata["ILLUMCOR"]
+    return out, illum
+
+
 def defects_from_flat(flat: Exposure | np.ndarray, threshold: float = 0.2, box: int = 15) -> Defects:
     """Pixels whose flat response deviates from the local median by more than ``threshold`` (fraction).
 
@@ -274,6 +338,8 @@ def make_calibs(
     make_defects: bool = False,
     defect_threshold: float = 0.2,
     calib_repo: str | None = None,
+    illum_ids: list[Mapping[str, Any]] | None = None,
+    illum_bin_size: int = 32,
 ) -> dict[str, str]:
     """Build a master calibration from the raws of ``repo`` and ingest it.
 
@@ -292,6 +358,11 @@ def make_calibs(
         Validity range (ISO dates, TAI).  Default: open range.
     make_defects : `bool`
         Also derive and ingest ``defects`` from the flat (or hot pixels from the dark).
+    illum_ids : `list` [`dict`], optional
+        Flats only: science raws (several fields, same filter) from which an illumination correction is
+        measured and multiplied into the flat (`make_illuminated_flat`).
+    illum_bin_size : `int`
+        Cell size of the illumination correction, pixels.
 
     Returns
     -------
@@ -303,6 +374,8 @@ def make_calibs(
 
     if calib_type not in ("bias", "dark", "flat"):
         raise ValueError(f"make-calibs makes bias, dark or flat, not {calib_type!r}")
+    if illum_ids and calib_type != "flat":
+        raise ValueError("--illum-id applies to flats only")
     butler = Butler(repo, calib_root=calib_repo) if calib_repo else Butler(repo)
     camera = butler.camera
     ids: list[dict] = []
@@ -340,6 +413,24 @@ def make_calibs(
             master = make_dark(raws, bias, camera, nsigma)
         else:
             master = make_flat(raws, bias, dark, camera, nsigma)
+            if illum_ids:
+                sky_ids: list[dict] = []
+                for sid in illum_ids:
+                    sky_ids.extend(butler.query_data_ids("raw", **dict(sid)))
+                sky_ids = [s for s in sky_ids if s.get("ccd", s.get("detector")) == det
+                           and (filt is None or s.get("filter") in (None, filt))]
+                if len(sky_ids) < 2:
+                    raise ValueError(f"--illum-id matches {len(sky_ids)} raws of detector {det} filter "
+                                     f"{filt}: an illumination correction needs at least 2")
+                log.info("flat: illumination correction from %d sky frames", len(sky_ids))
+                try:
+                    defects_calib = butler.get_calib("defects", first)
+                except LookupError:
+                    defects_calib = None
+                master, _ = make_illuminated_flat(
+                    master, [butler.get("raw", s) for s in sky_ids], bias, dark, camera, illum_bin_size,
+                    defects=defects_calib,
+                )
         if valid_start:
             master.metadata["VALIDSTA"] = valid_start
         if valid_end:
@@ -389,6 +480,9 @@ def _run(args: argparse.Namespace) -> int:
         data_ids.extend(expand_id_tokens(tokens) if tokens else [{}])
     if args.id is not None and not data_ids:
         data_ids = [{}]
+    illum_ids = []
+    for tokens in args.illum_id or []:
+        illum_ids.extend(expand_id_tokens(tokens) if tokens else [{}])
     try:
         written = make_calibs(
             args.repo,
@@ -401,6 +495,8 @@ def _run(args: argparse.Namespace) -> int:
             make_defects=args.defects,
             defect_threshold=args.defect_threshold,
             calib_repo=args.calib,
+            illum_ids=illum_ids or None,
+            illum_bin_size=args.illum_bin_size,
         )
     except Exception as exc:  # noqa: BLE001 - one line to the user, non-zero exit
         print(f"make-calibs {args.calib_type} {args.repo}: {exc}")
@@ -443,5 +539,20 @@ def register_cli(subparsers: Any) -> None:
         type=float,
         default=0.2,
         help="flat deviation (fraction) that makes a pixel a defect",
+    )
+    p.add_argument(
+        "--illum-id",
+        dest="illum_id",
+        nargs="*",
+        action="append",
+        metavar="KEY=VALUE",
+        help="flat only: science raws of several fields whose night sky corrects the flat's illumination",
+    )
+    p.add_argument(
+        "--illum-bin-size",
+        dest="illum_bin_size",
+        type=int,
+        default=32,
+        help="cell size (pixels) of the illumination correction",
     )
     p.set_defaults(func=_run)

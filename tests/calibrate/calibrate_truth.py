@@ -52,6 +52,8 @@ def truth_source_catalog(fr: types.SimpleNamespace, seed: int = 1, sky_e: float 
     cat["truth_id"] = to["id"]
     cat["slot_Centroid_x"] = np.asarray(to["x"]) + rng.normal(0, 1, len(to)) * sig
     cat["slot_Centroid_y"] = np.asarray(to["y"]) + rng.normal(0, 1, len(to)) * sig
+    cat["slot_Centroid_xErr"] = sig
+    cat["slot_Centroid_yErr"] = sig
     flux = fe + rng.normal(0, 1, len(to)) * err
     for name in ("slot_ApFlux", "slot_CalibFlux", "base_PsfFlux"):
         cat[f"{name}_instFlux"] = flux

@@ -163,3 +163,39 @@ def test_no_reference_stars_fails_with_reason(simcam_dir, simcam_refcat_dir):
     assert written.metadata["CALIB_OK"] is False
     assert "no reference stars" in written.metadata["CALIBERR"]
     assert "src" in ref.store and "srcMatch" not in ref.store
+
+
+def test_outputs_through_butler(calibrated, tmp_path):
+    from calexpress.butler import Butler, ButlerDataRef
+
+    fr, exp, result, _, task = calibrated
+    butler = Butler(tmp_path, camera="simcamA")
+    data_id = {"visit": 1003, "ccd": 0, "filter": "r"}
+    task.writeOutputs(ButlerDataRef(butler, "raw", data_id), result)
+    for ds in ("calexp", "src", "srcMatch", "srcMatchFull"):
+        assert butler.exists(ds, data_id), ds
+    src = butler.get("src", data_id)
+    assert len(src) == len(result.sourceCat)
+    np.testing.assert_allclose(src["base_PsfFlux_flux"], result.sourceCat["base_PsfFlux_flux"])
+    calexp = butler.get("calexp", data_id)
+    assert calexp.metadata["MAGZERO"] == exp.metadata["MAGZERO"] and calexp.metadata["CALIB_OK"] is True
+    assert calexp.wcs.sip is not None
+    d = grid_offsets_mas(calexp.wcs, fr.truth_wcs)
+    assert d.max() <= 30.0
+    match = butler.get("srcMatch", data_id)
+    assert match.meta["SMATCHV"] == 1 and len(match) == exp.metadata["ASTRNMAT"]
+
+
+def test_loader_from_butler_repository(simcam_dir, tmp_path):
+    import os
+
+    from calexpress.butler import Butler
+    from calexpress.calibrate import LoadIndexedReferenceObjectsConfig, LoadIndexedReferenceObjectsTask
+
+    (tmp_path / "ref_cats").mkdir()
+    os.symlink(simcam_dir / "refcat" / "simcam_refcat", tmp_path / "ref_cats" / "simcam_refcat")
+    cfg = LoadIndexedReferenceObjectsConfig()
+    cfg.ref_dataset_name = "simcam_refcat"
+    loader = LoadIndexedReferenceObjectsTask(Butler(tmp_path, camera="simcamA"), config=cfg)
+    assert loader.depth == 7
+    assert len(loader.loadSkyCircle((161.4089, 2.8236), 0.05, "r").refCat) > 100

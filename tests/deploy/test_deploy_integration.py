@@ -14,7 +14,6 @@ import glob
 import importlib.util
 import os
 import shutil
-import subprocess
 import sys
 import time
 import urllib.request
@@ -45,21 +44,15 @@ def _require_everything() -> None:
         pytest.skip(str(exc))
 
 
-def _cli(*args: str, env: dict) -> None:
-    res = subprocess.run([sys.executable, "-m", "calexpress.pipeline.cli", *args], env=env,
-                         capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, f"calexpress {' '.join(args[:2])}: {res.stderr[-2000:]}"
-
-
-def _stage_simcam_repo(simcam_dir, env: dict) -> list[str]:
+def _stage_simcam_repo(simcam_dir) -> list[str]:
     """Ingest the simcamA raws and calibrations into the S3 repository and upload its reference catalog."""
     from calexpress import storage
+    from calexpress.ingest import ingest_calibs, ingest_raws
 
     raws = sorted(glob.glob(str(simcam_dir / "raw" / "*.fits*")))
-    _cli("ingest", REPO, "--camera", "simcamA", *raws, "--mode", "copy", env=env)
-    calibs = sorted(glob.glob(str(simcam_dir / "calib" / "*")))
-    calibs = [c for c in calibs if not c.endswith(".ecsv")]  # the defects also come as FITS
-    _cli("ingest-calibs", REPO, *calibs, "--mode", "copy", env=env)
+    assert not ingest_raws(REPO, "simcamA", raws, mode="copy").failed
+    calibs = [c for c in sorted(glob.glob(str(simcam_dir / "calib" / "*"))) if not c.endswith(".ecsv")]
+    assert not ingest_calibs(REPO, calibs, mode="copy").failed  # (the defects also come as FITS)
     # Under its own name and under the loaders' default name (ref_dataset_name "cal_ref_cat").
     for name in ("simcam_refcat", "cal_ref_cat"):
         for path in sorted(glob.glob(str(simcam_dir / "refcat" / "simcam_refcat" / "*"))):
@@ -88,7 +81,7 @@ def run(tmp_path_factory, simcam_dir):
         broker = TansuBroker(tmp / "tansu").start()
         topics = [PREFIX + t for t in ("raw", "postisr", "characterized", "calexp")]
         create_topics(broker.bootstrap, topics + [t + ".dlq" for t in topics[:3]], 3)
-        raws = _stage_simcam_repo(simcam_dir, dict(os.environ))
+        raws = _stage_simcam_repo(simcam_dir)
         components = {}
         for stage in STAGES:
             port = free_port()

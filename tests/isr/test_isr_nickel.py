@@ -7,14 +7,18 @@ import argparse
 import numpy as np
 import pytest
 from calexpress.butler import Butler
+from calexpress.exposure import Exposure
 from calexpress.ingest import ingest_raws
 from calexpress.isr import IsrTask, IsrTaskConfig, apply_camera_overrides
+from calexpress.isr.illumination import make_illumination_correction, object_mask
 from calexpress.isr.makecalibs import register_cli
-from calexpress.stats import clipped_stats
 
-SCIENCE = [1047, 1048, 1052, 1074, 1083]  # d1059 (M13) has too few star-free boxes for a sky test
+SCIENCE = [1047, 1048, 1052, 1059, 1074, 1083]
+SKY = [1047, 1048, 1052, 1074, 1083]  # fields for the illumination correction (M13 fills its frame)
 BAD_COLUMNS = [255, 256, 783, 784, 1002]
+EXCLUDED_COLUMNS = [*range(252, 261), 783, 784, 1002, 1023]  # issue/README: not for photometry
 GAIN = 1.8
+MIN_BOXES = 20
 
 
 def _cli(*argv: str) -> int:
@@ -24,18 +28,29 @@ def _cli(*argv: str) -> int:
     return args.func(args)
 
 
-def _flatness(image: np.ndarray, bad: np.ndarray, box: int = 64) -> tuple[int, float]:
-    """RMS of the medians of star-free box x box cells divided by their mean."""
-    mean, sigma, _ = clipped_stats(image, bad)
+def _flatness(image: np.ndarray, bad: np.ndarray, box: int = 64, max_objects: float = 0.10):
+    """Issue 3 point 4: RMS of the medians of star-free box x box cells divided by their mean.
+
+    ``bad`` (BAD, SAT, INTRP, VIGNETTED and the excluded columns) never counts.  Stars and galaxies with
+    their halos come from a sigma-clipped threshold above a local background plus a smoothed copy for
+    faint extended light, grown by 5 pixels (`object_mask`); a box is star-free when at most
+    ``max_objects`` of its good pixels are on objects (those are left out of its median) and at least
+    half of it is good.  Returns the number of boxes and the relative RMS.
+    """
+    bad = bad.copy()
+    bad[:, EXCLUDED_COLUMNS] = True
+    objects = object_mask(image, bad)
     meds = []
     for y in range(0, image.shape[0] - box + 1, box):
         for x in range(0, image.shape[1] - box + 1, box):
             sl = np.s_[y : y + box, x : x + box]
-            if bad[sl].mean() > 0.01 or (image[sl] > mean + 5 * sigma).mean() > 0.002:
+            good = ~bad[sl]
+            ngood = good.sum()
+            if ngood < 0.5 * box * box or (objects[sl] & good).sum() > max_objects * ngood:
                 continue
-            meds.append(np.median(image[sl]))
+            meds.append(np.median(image[sl][good & ~objects[sl]]))
     meds = np.array(meds)
-    return len(meds), float(meds.std() / meds.mean())
+    return len(meds), float(meds.std() / meds.mean()) if len(meds) else float("nan")
 
 
 @pytest.fixture(scope="module")
@@ -83,26 +98,51 @@ def test_masters(nickel_repo):
     assert float(np.median(flat.image[1000:, :10])) < 0.9
 
 
-def test_bias_frames_after_isr(nickel_repo):
-    means = []
-    for visit in range(1001, 1011):
-        exp = _isr(nickel_repo, visit, doFlat=False)
-        good = (exp.mask & exp.get_plane_bitmask("BAD", "VIGNETTED", "SAT")) == 0
-        means.append(float(exp.image[good].mean()) / GAIN)  # electrons -> ADU
-    # the frames' average has |mean| < 0.5 ADU; single frames scatter by ~0.6 ADU rms because the
-    # image-area bias jitters against the overscan (measured on the raws, not removable by ISR)
-    assert abs(np.mean(means)) < 0.5, means
-    assert max(abs(m) for m in means) < 1.5, means
+# Measured on d1001-d1010 (scalar overscan, columns 10-31, vs the image area without bad columns): the
+# image-area level minus the overscan is 14.09 ADU with 0.67 ADU rms from frame to frame, whichever
+# overscan columns or statistic (mean, median, clipped; per-row, smoothed per-row, POLY 1/3 give 0.81-0.83
+# ADU rms of 32-row bins against 0.80 for the scalar fit); within a frame the image area drifts by up to
+# 3 ADU along the readout (d1007) or jumps by 1 ADU at row ~530 (d1010) with no trace in the overscan.
+_BIAS_JITTER = pytest.mark.xfail(
+    strict=True,
+    reason="the image-area bias of this frame is offset from the overscan by 0.7-1.2 ADU more than the "
+    "other frames' (image-minus-overscan level 14.09 +- 0.67 ADU rms over d1001-d1010, uncorrelated with "
+    "every overscan column/row statistic), so no overscan model brings it within 0.5 ADU",
+)
+
+
+@pytest.mark.parametrize(
+    "visit",
+    [pytest.param(v, marks=_BIAS_JITTER) if v in (1001, 1005, 1007, 1010) else v for v in range(1001, 1011)],
+)
+def test_bias_frame_after_isr(nickel_repo, visit):
+    exp = _isr(nickel_repo, visit, doFlat=False)
+    good = (exp.mask & exp.get_plane_bitmask("BAD", "VIGNETTED", "SAT")) == 0
+    mean_adu = float(exp.image[good].mean()) / GAIN  # electrons -> ADU
+    assert abs(mean_adu) < 0.5, mean_adu
+
+
+def _bad(exp: Exposure) -> np.ndarray:
+    return (exp.mask & exp.get_plane_bitmask("BAD", "VIGNETTED", "SAT", "INTRP")) != 0
 
 
 @pytest.fixture(scope="module")
 def science(nickel_repo):
+    """visit -> (ISR with the twilight flat, ISR without flat)."""
+    return {v: (_isr(nickel_repo, v), _isr(nickel_repo, v, doFlat=False)) for v in SCIENCE}
+
+
+@pytest.fixture(scope="module")
+def illum_corrected(science):
+    """visit -> the twilight-flattened frame divided by an illumination correction built WITHOUT it.
+
+    Leave-one-out: the correction of each frame comes from the other fields only, so the test never
+    flattens a frame with its own sky.
+    """
     out = {}
-    for visit in SCIENCE:
-        exp = _isr(nickel_repo, visit)
-        raw_like = _isr(nickel_repo, visit, doFlat=False)
-        bad = (exp.mask & exp.get_plane_bitmask("BAD", "VIGNETTED", "SAT", "INTRP")) != 0
-        out[visit] = (exp, _flatness(exp.image, bad), _flatness(raw_like.image, bad))
+    for v in SCIENCE:
+        illum = make_illumination_correction([science[u][0] for u in SKY if u != v])
+        out[v] = science[v][0].image / illum.image
     return out
 
 
@@ -117,24 +157,77 @@ def test_bad_columns_and_vignetting(science):
     assert not np.isnan(exp.image).any()
 
 
-@pytest.mark.parametrize("visit", SCIENCE)
-def test_flat_fielding_improves_sky(science, visit):
-    _, (n, flat_rms), (_, raw_rms) = science[visit]
-    assert n > 100
-    assert flat_rms < raw_rms, (flat_rms, raw_rms)
-    assert flat_rms < 0.03, flat_rms
+@pytest.mark.parametrize("visit", SKY)
+def test_illumination_correction_improves_sky(science, illum_corrected, visit):
+    exp, raw_like = science[visit]
+    bad = _bad(exp)
+    n_raw, raw_rms = _flatness(raw_like.image, bad)
+    n_flat, flat_rms = _flatness(exp.image, bad)
+    n_ill, ill_rms = _flatness(illum_corrected[visit], bad)
+    assert min(n_raw, n_flat, n_ill) >= MIN_BOXES
+    # the twilight flat alone leaves 1.4-2.4 % (sky 6-8 % darker at the top than the flat predicts);
+    # the illumination correction from the other fields removes at least half of it (measured 64-85 %)
+    assert raw_rms > 0.015 and flat_rms < 0.03, (raw_rms, flat_rms)
+    assert ill_rms < flat_rms / 2, (flat_rms, ill_rms)
 
 
-@pytest.mark.xfail(
+_EDGE = pytest.mark.xfail(
     strict=True,
-    reason="twilight flats d1035-d1037 leave a ~6 % top-to-bottom illumination "
-    "gradient, the same in every science frame (measured 1.7-2.8 % box RMS); the 0.5 % "
-    "acceptance needs an illumination correction not built yet",
+    reason="d1083's sky at x >= 896 falls 20-25 ADU (12-15 %) short at x~990 against 6-15 ADU in the "
+    "other 60-120 s frames, a frame-dependent edge deficit no static flat removes (0.78 % over the full "
+    "width, 0.40 % without x >= 896)",
 )
-@pytest.mark.parametrize("visit", SCIENCE)
-def test_flat_fielded_sky_within_half_percent(science, visit):
-    _, (_, flat_rms), _ = science[visit]
-    assert flat_rms <= 0.005
+_CROWDED = pytest.mark.xfail(
+    strict=True,
+    reason="M13 (d1059): stars and unresolved cluster light cover 65 % of the frame, leaving 0-1 "
+    "star-free 64x64 boxes (20 needed) for the flatness statistic",
+)
+
+
+@pytest.mark.parametrize(
+    "visit",
+    [
+        pytest.param(v, marks=_EDGE if v == 1083 else _CROWDED) if v in (1059, 1083) else v
+        for v in SCIENCE
+    ],
+)
+def test_flat_fielded_sky_within_half_percent(science, illum_corrected, visit):
+    n, rms = _flatness(illum_corrected[visit], _bad(science[visit][0]))
+    assert n >= MIN_BOXES, n
+    assert rms <= 0.005, rms
+
+
+def test_make_calibs_illumination_corrected_flat(nickel_repo, science, tmp_path):
+    """``make-calibs flat --illum-id``: the ingested flat is the twilight flat times the correction."""
+    out = tmp_path / "calibs"
+    assert (
+        _cli(
+            "make-calibs",
+            "flat",
+            str(nickel_repo.root),
+            "--id",
+            "visit=1035..1037",
+            "--illum-id",
+            "visit=" + "^".join(map(str, SKY)),
+            "--output",
+            str(out),
+        )
+        == 0
+    )
+    flat = Butler(str(out), camera=nickel_repo.camera).get_calib(
+        "flat", {"visit": 1048, "ccd": 0, "filter": "V"}
+    )
+    assert flat.metadata["ILLUMN"] == len(SKY) and flat.metadata["ILLUMCOR"] == ",".join(map(str, SKY))
+    assert float(np.median(flat.image)) == pytest.approx(1.0, abs=1e-3)
+    twilight = nickel_repo.get("flat", visit=1048)
+    illum = make_illumination_correction([science[u][0] for u in SKY])
+    ratio = flat.image / twilight.image / illum.image
+    good = ~_bad(science[1048][0])
+    # the same correction, from the same science ISR of the same frames
+    assert np.abs(ratio[good] / np.median(ratio[good]) - 1).max() < 1e-5
+    # the correction is smooth and modest: the sky is 6-8 % darker at the top than the twilight predicts
+    assert 0.88 < illum.image.min() and illum.image.max() < 1.1
+    assert float(np.median(illum.image[900:960, 100:900])) < float(np.median(illum.image[64:128, 100:900]))
 
 
 def test_flat_validity_and_defects_product(nickel_repo):
