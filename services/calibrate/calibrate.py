@@ -20,13 +20,16 @@ Per-CCD summary keywords written to the calexp metadata (see ``docs`` and `SUMMA
 
 from __future__ import annotations
 
-import importlib
 import math
 from typing import Any
 
 import numpy as np
 from astropy.table import Table, hstack
+from calexpress.catalog_calc import CatalogCalculationTask
+from calexpress.characterize.apcorr import ApplyApCorrTask
 from calexpress.config import Config, ConfigurableField, Field, ListField, RangeField
+from calexpress.detection import SourceDetectionTask
+from calexpress.measurement import SingleFrameMeasurementTask
 from calexpress.task import ExposureIdInfo, Struct, Task, TaskError, timeMethod
 
 from .astrometry import AstrometryTask, centroids, set_sky_coords
@@ -68,39 +71,6 @@ def _set(md, key: str, value, comment: str | None = None) -> None:
     md[name] = (value, comment if comment is not None else SUMMARY_KEYWORDS.get(key, ""))
 
 
-def _optional(modules: str | tuple[str, ...], name: str) -> type:
-    """Import a peer's task class; a stand-in that fails at run time if it is not there yet."""
-    exc: Exception | None = None
-    for module in (modules,) if isinstance(modules, str) else modules:
-        try:
-            return getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError) as err:
-            exc = err
-    reason = f"{modules}.{name} is not available ({exc})"
-
-    class _Missing(Task):
-        ConfigClass = Config
-        _DefaultName = name
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            kwargs.pop("schema", None)
-            super().__init__(
-                **{k: v for k, v in kwargs.items() if k in ("config", "name", "parentTask", "log")}
-            )
-
-        def run(self, *args: Any, **kwargs: Any) -> Any:
-            raise TaskError(reason)
-
-    _Missing.__name__ = name
-    return _Missing
-
-
-SourceDetectionTask = _optional("calexpress.detection", "SourceDetectionTask")
-SingleFrameMeasurementTask = _optional("calexpress.measurement", "SingleFrameMeasurementTask")
-ApplyApCorrTask = _optional("calexpress.characterize.apcorr", "ApplyApCorrTask")
-CatalogCalculationTask = _optional(
-    ("calexpress.catalog_calc", "calexpress.characterize.catalog_calculation"), "CatalogCalculationTask"
-)
 
 
 class CalibrateConfig(Config):

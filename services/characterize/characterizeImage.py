@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from astropy.table import Column, Table
 from calexpress.background import BackgroundList
+from calexpress.catalog_calc import CatalogCalculationTask
 from calexpress.config import Config, ConfigField, ConfigurableField, Field, RangeField
 from calexpress.detection import SourceDetectionTask
 from calexpress.measurement import CHARIMAGE_PLUGINS, SingleFrameMeasurementTask
@@ -41,17 +42,6 @@ __all__ = [
 ]
 
 _FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
-
-
-def _catalog_calculation_target():
-    try:  # H5a's module (calexpress.catalog_calc) when present
-        from calexpress.catalog_calc import CatalogCalculationTask
-
-        return CatalogCalculationTask
-    except ImportError:
-        from .catalog_calculation import CatalogCalculationTask
-
-        return CatalogCalculationTask
 
 
 class InstallGaussianPsfConfig(Config):
@@ -77,7 +67,7 @@ class CharacterizeImageConfig(Config):
     doApCorr = Field(dtype=bool, default=True, doc="Measure and apply aperture corrections")
     measureApCorr = ConfigurableField(target=MeasureApCorrTask, doc="Measure aperture corrections")
     applyApCorr = ConfigurableField(target=ApplyApCorrTask, doc="Apply aperture corrections")
-    catalogCalculation = ConfigurableField(target=_catalog_calculation_target(), doc="Catalog calculation")
+    catalogCalculation = ConfigurableField(target=CatalogCalculationTask, doc="Catalog calculation")
     useSimplePsf = Field(dtype=bool, default=True, doc="Install a Gaussian PSF before each iteration")
     installSimplePsf = ConfigField(dtype=InstallGaussianPsfConfig, doc="Initial Gaussian PSF")
     measurePsf = ConfigurableField(target=MeasurePsfTask, doc="Star selection and PSF determination")

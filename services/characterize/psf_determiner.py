@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from calexpress.config import ChoiceField, Config, Field, ListField
+from calexpress.config import Config, Field, ListField
 
 from .moments import adaptive_moments
 from .resample import lanczos_matrix, resample_stamp
@@ -53,9 +53,10 @@ class PsfexPsfDeterminerConfig(Config):
     badMaskBits = ListField(dtype=str, default=["INTRP", "SAT"], doc="Mask planes giving zero weight")
     tolerance = Field(
         dtype=float,
-        default=5e-3,
-        doc="Relative model accuracy (PSFEx PSF_ACCURACY; LSST 1e-2): star weight 1/(1/SNR^2 + tolerance^2). "
-        "5e-3 measured best on the simcamA truth frames",
+        default=1e-3,
+        doc="Relative model accuracy (PSFEx PSF_ACCURACY; LSST 1e-2) added to the noise of each pixel. "
+        "1e-3 measured best on the simcamA truth frames: larger values cap the weight of the bright "
+        "stars (5e-3 caps it at S/N 200), which carry most of the information",
     )
     clipAccuracy = Field(
         dtype=float,
@@ -82,14 +83,10 @@ class PsfexPsfDeterminerConfig(Config):
     nIterForPsf = Field(dtype=int, default=3, doc="Fit / reject iterations")
     lanczosOrder = Field(dtype=int, default=7, doc="Lanczos order used to resample the star stamps")
     minStars = Field(dtype=int, default=3, doc="Fewest stars needed for a fit")
-    spatialModel = ChoiceField(
-        dtype=str,
-        default="DISTORTION",
-        allowed={
-            "DISTORTION": "free mean image; its variation restricted to dilation and shear modes of it",
-            "PIXEL": "every basis pixel an independent polynomial (PSFEx)",
-        },
-        doc="How the model varies over the detector",
+    pixelWeights = Field(
+        dtype=bool,
+        default=True,
+        doc="Weight every pixel by its own inverse variance (else one weight per star for all its pixels)",
     )
 
 
@@ -292,7 +289,6 @@ def fit_pixel_psf(
     # starting model (for imputing masked pixels): median normalised stamp
     model = np.broadcast_to(np.median(d[ok] / f[ok, None], axis=0), d.shape)
     chi2 = np.full(len(keep_idx), np.nan)
-    coef = None
     for it in range(max(config.nIterForPsf, 1) + 1):
         # star signal-to-noise for the model, and one weight per star (PSFEx's PSF_ACCURACY term):
         # every pixel of the basis is fitted with the same star weights, so that all pixels share
@@ -300,8 +296,8 @@ def fit_pixel_psf(
         snr2 = f * f * (ivar * pixmask * model * model).sum(axis=1)
         wstar = 1.0 / (1.0 / np.maximum(snr2, 1e-30) + config.tolerance**2) * ok
         r = np.where(pixmask, d / f[:, None], model)
-        if config.spatialModel == "DISTORTION" and nterm > 1:
-            coef = _fit_distortion(r, A, wstar, coef if it > 0 else None, nmod, sampling)
+        if config.pixelWeights:
+            coef = _solve_per_pixel(A, r, f, ivar * pixmask, model, wstar, config.tolerance)
         else:
             M = (A * wstar[:, None]).T @ A
             M += np.eye(nterm) * 1e-12 * np.trace(M)
@@ -364,47 +360,31 @@ def fit_pixel_psf(
     return PsfFitResult(model=mdl, used=used, chi2=chi2_all, flux=flux_all)
 
 
-def distortion_modes(image: np.ndarray, step: float = 1.0) -> np.ndarray:
-    """First-order affine distortions of a centred PSF image: dilation, shear e1, shear e2.
-
-    Returns ``(3, n, n)`` flux-conserving images ``-(x.grad P) - 2 P``, ``-(x dP/dx - y dP/dy)`` and
-    ``-(y dP/dx + x dP/dy)`` (coordinates in units of the grid step; spectral derivatives).
-    """
-    n = image.shape[0]
-    k = 2j * np.pi * np.fft.fftfreq(n)
-    ft = np.fft.fft2(image)
-    gx = np.real(np.fft.ifft2(ft * k[None, :]))
-    gy = np.real(np.fft.ifft2(ft * k[:, None]))
-    c = np.arange(n) - n // 2
-    x = c[None, :].astype(float)
-    y = c[:, None].astype(float)
-    return np.array([-(x * gx + y * gy) - 2 * image, -(x * gx - y * gy), -(y * gx + x * gy)])
-
-
-def _fit_distortion(
-    r: np.ndarray, A: np.ndarray, wstar: np.ndarray, coef: np.ndarray | None, nmod: int, step: float
+def _solve_per_pixel(
+    A: np.ndarray,
+    r: np.ndarray,
+    f: np.ndarray,
+    ivar: np.ndarray,
+    model: np.ndarray,
+    wstar: np.ndarray,
+    tolerance: float,
 ) -> np.ndarray:
-    """Weighted fit of ``r_s = C0 + sum_t A_st sum_j a_tj D_j``: a free mean image ``C0`` and a spatial
-    variation restricted to the affine-distortion modes ``D_j`` of ``C0`` (returns ``(npix, nterm)``).
+    """Per-pixel weighted polynomial fit (inverse variance of each normalised pixel + model accuracy).
+
+    Masked pixels keep a small weight on their imputed value so that every pixel stays determined.
+    Returns ``(npix, nterm)``.
     """
-    W = max(wstar.sum(), 1e-300)
-    rbar = (wstar[:, None] * r).sum(axis=0) / W
-    abar = (wstar[:, None] * A).sum(axis=0) / W
-    Ac = A[:, 1:] - abar[None, 1:]
-    rc = r - rbar[None, :]
-    nterm = A.shape[1]
-    c0 = rbar if coef is None else coef[:, 0] + coef[:, 1:] @ abar[1:]
-    for _ in range(2):
-        D = distortion_modes(c0.reshape(nmod, nmod), step).reshape(3, -1)  # (m, npix)
-        G = (Ac * wstar[:, None]).T @ Ac  # (nt-1, nt-1)
-        DD = D @ D.T
-        N = np.kron(G, DD)
-        rhs = ((Ac * wstar[:, None]).T @ (rc @ D.T)).reshape(-1)  # (t, j)
-        N += np.eye(len(N)) * 1e-12 * np.trace(N)
-        a = np.linalg.solve(N, rhs).reshape(nterm - 1, 3)
-        var_imgs = a @ D  # (nt-1, npix)
-        c0 = rbar - abar[1:] @ var_imgs
-    return np.concatenate([c0[None, :], var_imgs], axis=0).T
+    ok = wstar > 0
+    with np.errstate(divide="ignore"):
+        var_n = np.where(ivar > 0, 1.0 / (np.maximum(ivar, 1e-300) * f[:, None] ** 2), np.inf)
+    w = 1.0 / (var_n + (tolerance * np.maximum(model, 0)) ** 2 + 1e-30)
+    floor = 1e-6 * np.median(w[ok & np.isfinite(var_n).all(axis=1)].max(axis=1)) if ok.any() else 0.0
+    w = np.where(np.isfinite(var_n), w, floor) * ok[:, None]
+    M = np.einsum("sp,st,su->ptu", w, A, A)  # (npix, nterm, nterm)
+    tr = np.trace(M, axis1=1, axis2=2)
+    M += np.eye(A.shape[1])[None] * (1e-12 * tr + 1e-300)[:, None, None]
+    rhs = np.einsum("sp,st,sp->pt", w, A, r)
+    return np.linalg.solve(M, rhs[..., None])[..., 0]
 
 
 def validate_model(

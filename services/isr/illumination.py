@@ -122,7 +122,11 @@ def make_illumination_correction(
     nsigma: float = 2.5,
     grow: int = 5,
     max_object_fraction: float = 0.3,
+    crowded_grow: int = 1,
     smoothing: float = 1.0,
+    cell_nsigma: float = 3.0,
+    cell_iterations: int = 2,
+    fill_order: int = 4,
 ) -> Exposure:
     """Illumination correction (median 1) from flat-fielded sky exposures of different fields.
 
@@ -136,9 +140,16 @@ def make_illumination_correction(
     nsigma, grow : `float`, `int`
         Object detection threshold and growth (`object_mask`).
     max_object_fraction : `float`
-        Cells with more object pixels than this fraction are dropped, with their 8 neighbours (halos).
+        Cells with more object pixels than this fraction are dropped.
+    crowded_grow : `int`
+        ... and so are the cells within this many cells of them (halos of large objects).
     smoothing : `float`
         Gaussian smoothing of the combined cell map, in cells (0: none).
+    cell_nsigma, cell_iterations : `float`, `int`
+        A frame's cells deviating from the median of all frames by more than ``cell_nsigma`` times that
+        frame's robust cell scatter are dropped with their neighbours (``cell_iterations`` passes).
+    fill_order : `int`
+        Order of the 2-D polynomial fitted to the good cells that fills cells without data.
 
     Returns
     -------
@@ -157,8 +168,9 @@ def make_illumination_correction(
         ignore |= ~np.isfinite(exp.image)
         objects = object_mask(exp.image, ignore, nsigma=nsigma, grow=grow)
         cells = cell_medians(exp.image, ignore, objects, bin_size, max_object_fraction)
-        crowded = np.isnan(cells) & ~np.isnan(cell_medians(exp.image, ignore, objects, bin_size, 1.0))
-        cells[ndimage.binary_dilation(crowded)] = np.nan
+        if crowded_grow > 0:
+            crowded = np.isnan(cells) & ~np.isnan(cell_medians(exp.image, ignore, objects, bin_size, 1.0))
+            cells[ndimage.binary_dilation(crowded, iterations=crowded_grow)] = np.nan
         level = np.nanmedian(cells)
         if not (np.isfinite(level) and level > 0):
             raise ValueError("sky frame has no usable positive sky for an illumination correction")
@@ -166,10 +178,24 @@ def make_illumination_correction(
     stack = np.array(maps)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # cells without data in any frame stay NaN
+        stack = _rescale(stack)
+        for _ in range(cell_iterations):
+            # cells of a frame that stand out from the other frames' median (faint halos the object mask
+            # missed, scattered light of one frame) are dropped with their neighbours, then recombined
+            combined = np.nanmedian(stack, axis=0)
+            resid = stack / combined - 1.0
+            centre = np.nanmedian(resid, axis=(1, 2), keepdims=True)
+            scatter = 1.4826 * np.nanmedian(np.abs(resid - centre), axis=(1, 2), keepdims=True)
+            outlier = np.abs(resid - centre) > cell_nsigma * np.maximum(scatter, 1e-4)
+            if not outlier.any():
+                break
+            grown = np.array([ndimage.binary_dilation(o) for o in outlier])
+            stack[grown & (nmaps_finite(stack) > 1)] = np.nan
+            stack = _rescale(stack)
         combined = np.nanmedian(stack, axis=0)
         nmap = np.isfinite(stack).sum(axis=0)
         spread = np.nanstd(stack, axis=0) ** 2 / np.maximum(nmap, 1)
-    combined = _fill_nearest(combined)
+    combined = _fill_smooth(combined, fill_order)
     spread = _fill_nearest(np.where(nmap > 1, spread, np.nan))
     if smoothing > 0:
         combined = ndimage.gaussian_filter(combined, smoothing, mode="nearest")
@@ -188,6 +214,43 @@ def make_illumination_correction(
         filter=exposures[0].filter,
     )
     return illum
+
+
+def _rescale(stack: np.ndarray, iterations: int = 5) -> np.ndarray:
+    """Scale every frame's cell map to the median combination on the cells they share.
+
+    Frames lose different cells to objects; normalising each by the median of its own cells would offset
+    them from one another by the pattern's mean over the cells they happen to keep.
+    """
+    for _ in range(iterations):
+        combined = np.nanmedian(stack, axis=0)
+        scale = np.nanmedian(stack / combined, axis=(1, 2), keepdims=True)
+        scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
+        stack = stack / scale
+        if np.all(np.abs(scale - 1.0) < 1e-6):
+            break
+    return stack
+
+
+def _fill_smooth(a: np.ndarray, order: int) -> np.ndarray:
+    """Cells without data (NaN) get the value of a 2-D polynomial of ``order`` fitted to the others."""
+    good = np.isfinite(a)
+    if good.all():
+        return a
+    ny, nx = a.shape
+    y, x = np.mgrid[0:ny, 0:nx]
+    u, v = 2.0 * x / max(nx - 1, 1) - 1.0, 2.0 * y / max(ny - 1, 1) - 1.0
+    terms = [(i, j) for i in range(order + 1) for j in range(order + 1 - i)]
+    if good.sum() < 2 * len(terms):
+        return _fill_nearest(a)
+    design = np.stack([u**i * v**j for i, j in terms], axis=-1)
+    coeffs, *_ = np.linalg.lstsq(design[good], a[good], rcond=None)
+    return np.where(good, a, design @ coeffs)
+
+
+def nmaps_finite(stack: np.ndarray) -> np.ndarray:
+    """Number of frames with a value in every cell, broadcast to the stack's shape."""
+    return np.broadcast_to(np.isfinite(stack).sum(axis=0), stack.shape)
 
 
 def _upsample(cells: np.ndarray, bin_size: int, shape: tuple[int, int]) -> np.ndarray:

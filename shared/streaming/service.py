@@ -410,7 +410,17 @@ class StageService:
 
     def _ready_checks(self) -> dict[str, Callable[[], bool]]:
         def broker() -> bool:
-            return self._kafka_ok and self._consumer is not None
+            if not (self._kafka_ok and self._consumer is not None):
+                return False
+            errors = []
+            for addr in self.settings.brokers.split(","):
+                host, _, port = addr.strip().rpartition(":")
+                try:
+                    with socket.create_connection((host or "127.0.0.1", int(port)), timeout=1.0):
+                        return True
+                except OSError as exc:
+                    errors.append(f"{addr}: {exc}")
+            raise ConnectionError("; ".join(errors))
 
         def store() -> bool:
             repo = self.settings.repo

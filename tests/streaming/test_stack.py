@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import urllib.request
 
 import pytest
@@ -47,8 +48,6 @@ def test_stack_up_serves_and_down_stops(tmp_path):
                         break
                 except OSError:
                     pass
-                import time
-
                 time.sleep(0.2)
             else:
                 pytest.fail(f"{addr} never ready")

@@ -1,0 +1,149 @@
+"""Benchmark of the streaming services (issue 6, point 8); prints one JSON object.
+
+1. Stream overhead: p50 time from a ``raw`` event to its ``calexp`` event, one CCD
+   at a time through the three services (Tansu + SeaweedFS on loopback), against
+   the p50 of in-process ``ProcessCcdTask.runDataRef`` on the same simcamA frames
+   (local repository).  Target: overhead <= 15 %.
+2. Parallel efficiency: a backlog of ``--backlog`` CCDs (the simcamA frames
+   announced into several collections) with all services running:
+   sum of single-core processing times (in-process p50 x CCDs) / (wall x cores).
+   Target >= 85 %.
+
+Usage: ``python bench/bench_stream.py [--backlog 20] [--calibrate-replicas 1]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests" / "streaming"))
+SHARED = Path(os.environ.get("CALEXPRESS_SHARED", HERE.parent.parent / "shared"))
+SIMCAM = SHARED / "data" / "simcam" / "simcamA"
+
+
+def _stage_repo(repo: str, raws: list[str], camera: str = "simcamA", mode: str = "copy") -> None:
+    from calexpress import storage
+    from calexpress.ingest import ingest_calibs, ingest_raws
+
+    assert not ingest_raws(repo, camera, raws, mode=mode).failed
+    calibs = [c for c in sorted(glob.glob(str(SIMCAM / "calib" / "*"))) if not c.endswith(".ecsv")]
+    assert not ingest_calibs(repo, calibs, mode=mode).failed
+    for name in ("simcam_refcat", "cal_ref_cat"):
+        for path in sorted(glob.glob(str(SIMCAM / "refcat" / "simcam_refcat" / "*"))):
+            storage.put_local_file(path, storage.join(repo, "ref_cats", name, os.path.basename(path)))
+
+
+def in_process_times(raws: list[str], tmp: Path, repeat: int) -> list[float]:
+    """Seconds per CCD of ProcessCcdTask.runDataRef on a local repository (single process)."""
+    from calexpress.butler import Butler
+    from calexpress.pipeline.cmdline import apply_camera_overrides
+    from calexpress.pipeline.processCcd import ProcessCcdConfig, ProcessCcdTask
+
+    repo = tmp / "local-repo"
+    _stage_repo(str(repo), raws, mode="link")
+    times = []
+    for r in range(repeat):
+        out = Butler.for_output(str(tmp / f"local-out{r}"), str(repo), calib_cache_size=16)
+        config = ProcessCcdConfig()
+        apply_camera_overrides(config, out.camera)
+        task = ProcessCcdTask(butler=out, config=config)
+        for did in out.query_data_ids("raw"):
+            t0 = time.perf_counter()
+            task.runDataRef(out.dataRef("raw", **did))
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--backlog", type=int, default=20)
+    ap.add_argument("--repeat", type=int, default=2, help="sequential passes for the latency p50")
+    ap.add_argument("--calibrate-replicas", type=int, default=1)
+    args = ap.parse_args()
+
+    from calexpress.events import decode_event, make_event
+    from calexpress.streaming.announce import announce_raws, send_events
+    from calexpress.streaming.procutil import free_port, stop_process, wait_for
+    from calexpress.streaming.seaweedfs import SeaweedFS
+    from calexpress.streaming.stack import start_service_process
+    from calexpress.streaming.tansu import TansuBroker, create_topics
+    from streamhelpers import collect, unique_prefix
+
+    raws = sorted(glob.glob(str(SIMCAM / "raw" / "*.fits*")))
+    tmp = Path(tempfile.mkdtemp(prefix="bench-stream-"))
+    result: dict = {"frames": len(raws), "camera": "simcamA", "cores": os.cpu_count()}
+    inproc = in_process_times(raws, tmp, args.repeat)
+    result["inprocess_p50_s"] = round(statistics.median(inproc), 3)
+
+    sw = SeaweedFS(tmp / "seaweedfs", buckets=["calexpress"]).start()
+    os.environ.update(sw.env())
+    broker = TansuBroker(tmp).start()
+    procs = []
+    try:
+        prefix = unique_prefix()
+        topics = [prefix + t for t in ("raw", "postisr", "characterized", "calexp")]
+        create_topics(broker.bootstrap, topics + [t + ".dlq" for t in topics[:3]], 3)
+        repo = f"s3://calexpress/{prefix.rstrip('.')}"
+        _stage_repo(repo, raws)
+        stages = ["isr", "characterize"] + ["calibrate"] * args.calibrate_replicas
+        for i, stage in enumerate(stages):
+            port = free_port()
+            procs.append(start_service_process(stage, brokers=broker.bootstrap, repo=repo, s3_env=sw.env(),
+                                               metrics_port=port, log_path=tmp / f"{stage}{i}.log",
+                                               extra_args=["--topic-prefix", prefix]))
+            wait_for(lambda p=port: __import__("urllib.request").request.urlopen(
+                f"http://127.0.0.1:{p}/readyz", timeout=1).status == 200, 120, 0.3, f"{stage} ready")
+        time.sleep(4)  # group joins settle
+        raw_events = announce_raws(raws, brokers=broker.bootstrap, topic=prefix + "raw", repo=repo,
+                                   collection="warmup")
+        collect(broker.bootstrap, prefix + "calexp", n=len(raws), timeout=600, idle=0.5)
+        # 1. latency, one CCD at a time
+        lat = []
+        seen = len(raws)
+        for r in range(args.repeat):
+            for ev in raw_events:
+                e = make_event("raw", ev.data_id, ev.uris, stage="publish", checksums=ev.checksums, repo=repo,
+                               instrument=ev.instrument, collection=f"lat{r}")
+                t0 = time.time()
+                send_events(broker.bootstrap, prefix + "raw", [e])
+                seen += 1
+                msgs = collect(broker.bootstrap, prefix + "calexp", n=seen, timeout=600, idle=0)
+                done = [m for m in msgs if decode_event(m.value).trace_id == e.trace_id]
+                lat.append(done[0].timestamp / 1000 - t0)
+        result["stream_p50_s"] = round(statistics.median(lat), 3)
+        result["stream_overhead"] = round(result["stream_p50_s"] / result["inprocess_p50_s"] - 1, 3)
+        # 2. backlog
+        backlog = []
+        for i in range(args.backlog):
+            ev = raw_events[i % len(raws)]
+            backlog.append(make_event("raw", ev.data_id, ev.uris, stage="publish", checksums=ev.checksums,
+                                      repo=repo, instrument=ev.instrument, collection=f"bl{i // len(raws)}"))
+        t0 = time.time()
+        send_events(broker.bootstrap, prefix + "raw", backlog)
+        msgs = collect(broker.bootstrap, prefix + "calexp", n=seen + len(backlog), timeout=1800, idle=0)
+        last = max(m.timestamp / 1000 for m in msgs if decode_event(m.value).collection.startswith("bl"))
+        wall = last - t0
+        cores = min(2, os.cpu_count() or 2)
+        result.update(backlog_ccds=len(backlog), backlog_wall_s=round(wall, 2),
+                      parallel_efficiency=round(len(backlog) * statistics.median(inproc) / (wall * cores), 3),
+                      calibrate_replicas=args.calibrate_replicas,
+                      targets={"stream_overhead_max": 0.15, "parallel_efficiency_min": 0.85})
+    finally:
+        for p in procs:
+            stop_process(p, 15)
+        broker.stop()
+        sw.stop()
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
