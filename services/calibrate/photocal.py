@@ -10,7 +10,9 @@ magnitudes into the instrument system: ``mag = p + c0 + c1 (p − s) + c2 (p −
 from __future__ import annotations
 
 import fnmatch
+import functools
 import math
+import re
 
 import numpy as np
 from astropy.table import Table
@@ -208,20 +210,35 @@ class PhotoCalConfig(Config):
         allowed={
             "none": "MAGZERO refers to fluxField (LSST)",
             "psfModel": "divide by the fraction of the PSF model inside calibApertureRadius",
-            "catalog": "sum(totalFluxField)/sum(fluxField) over the brightest used stars",
+            "catalog": "stacked curve of growth of the used stars from the catalog's aperture fluxes "
+            "(rings calibApertureRadius ... curveOfGrowthMaxRadius), extrapolated to infinity with a "
+            "fitted Kolmogorov (seeing) profile",
         },
     )
     psfModelTail = Field(
         dtype=bool, default=True, doc="psfModel: add a power-law extrapolation of the PSF beyond its stamp"
     )
     calibApertureRadius = RangeField(dtype=float, default=12.0, min=0, doc="Radius of fluxField (pixels)")
-    totalFluxField = Field(
+    apertureFluxPrefix = Field(
         dtype=str,
-        default="base_CircularApertureFlux_50_0_instFlux",
-        doc="Large-aperture flux used by apertureToTotal='catalog'",
+        default="base_CircularApertureFlux_",
+        doc="catalog: prefix of the aperture flux columns (<prefix><r>_<d>_instFlux, radius r.d pixels)",
     )
-    totalFluxNumStars = RangeField(
-        dtype=int, default=20, min=3, doc="Brightest stars used for totalFluxField"
+    curveOfGrowthMaxRadius = RangeField(
+        dtype=float,
+        default=25.0,
+        min=0,
+        doc="catalog: largest aperture radius (pixels) whose flux is used; the light beyond it comes from "
+        "the fitted Kolmogorov profile (larger apertures are dominated by sky noise and sky-level errors)",
+    )
+    curveOfGrowthErrFloor = RangeField(
+        dtype=float,
+        default=5e-4,
+        min=0,
+        doc="catalog: added in quadrature to each star's ring-fraction error (PSF variation over the field)",
+    )
+    curveOfGrowthNSigma = RangeField(
+        dtype=float, default=3.0, min=0, doc="catalog: clipping of each ring's star-by-star fractions"
     )
 
 
@@ -235,6 +252,155 @@ def _column(cat: Table, name: str) -> np.ndarray:
         if target and f"{target}_{suffix}" in cat.colnames:
             return np.asarray(cat[f"{target}_{suffix}"])
     raise KeyError(f"source catalog has no column {name!r}")
+
+
+def kolmogorov_encircled_energy(radii: np.ndarray, nu0: float) -> np.ndarray:
+    """Encircled energy of a pixel-convolved Kolmogorov PSF at ``radii`` (pixels).
+
+    Kolmogorov turbulence gives the optical transfer function ``T(ν) = exp(−(ν/ν0)^(5/3))`` (ν in
+    cycles per pixel, FWHM ≈ 0.465/ν0 pixels; far out the surface brightness falls as r^(−11/3), the
+    seeing-limited wing).  It is multiplied by the pixel response (``|sinc νx · sinc νy|`` averaged over
+    position angle) and Hankel-transformed: ``EE(R) = 2πR ∫ T(ν) J1(2πνR) dν`` (unit total flux).
+    """
+    radii = np.atleast_1d(np.asarray(radii, float))
+    nu, pix, dnu = _kolmogorov_grid()
+    t = np.exp(-((nu / nu0) ** (5.0 / 3.0))) * pix
+    return _hankel_kernel(tuple(float(r) for r in radii)) @ t
+
+
+@functools.lru_cache(maxsize=16)
+def _hankel_kernel(radii: tuple[float, ...]) -> np.ndarray:
+    """``2πR J1(2πνR) dν`` on the frequency grid, one row per radius."""
+    from scipy.special import j1
+
+    nu, _, dnu = _kolmogorov_grid()
+    r = np.asarray(radii, float)[:, None]
+    return 2 * np.pi * r * dnu * j1(2 * np.pi * nu[None, :] * r)
+
+
+@functools.lru_cache(maxsize=1)
+def _kolmogorov_grid() -> tuple[np.ndarray, np.ndarray, float]:
+    """Frequency grid (cycles/px), azimuthally averaged pixel response on it, and its step."""
+    dnu = 1e-4  # resolves J1(2πνR) out to R ~ 500 px
+    nu = np.arange(1, 20001) * dnu  # the Kolmogorov OTF is < 1e-30 beyond 2 cycles/px for ν0 < 0.5
+    theta = np.linspace(0.0, np.pi / 2, 16)
+    pix = np.mean([np.abs(np.sinc(nu * np.cos(a)) * np.sinc(nu * np.sin(a))) for a in theta], axis=0)
+    return nu, pix, dnu
+
+
+def _aperture_columns(cat: Table, prefix: str) -> list[tuple[float, str]]:
+    """(radius, column) of every ``<prefix><r>_<d>_instFlux`` column, sorted by radius."""
+    out = []
+    for name in cat.colnames:
+        m = re.fullmatch(re.escape(prefix) + r"(\d+)_(\d+)_instFlux", name)
+        if m:
+            out.append((float(f"{m.group(1)}.{m.group(2)}"), name))
+    return sorted(out)
+
+
+def curve_of_growth_correction(
+    flux: np.ndarray,
+    flux_err: np.ndarray,
+    radii: np.ndarray,
+    r_calib: float,
+    r_max: float,
+    err_floor: float = 5e-4,
+    n_sigma: float = 3.0,
+) -> Struct:
+    """Aperture-to-total correction from a stacked curve of growth, extrapolated with a Kolmogorov wing.
+
+    Parameters
+    ----------
+    flux, flux_err : `numpy.ndarray`, shape (nstar, nradii)
+        Aperture fluxes and errors of (bright, unflagged, point-like) stars at ``radii``.
+    radii : `numpy.ndarray`
+        Increasing aperture radii (pixels); must contain ``r_calib``.
+    r_calib : `float`
+        Radius of the calibration aperture.
+    r_max : `float`
+        Largest radius whose fluxes are used.
+
+    Returns
+    -------
+    result : `Struct`
+        ``correction`` (mag, positive: 2.5 log10(total / flux(r_calib))), ``error`` (mag, statistical),
+        ``measured`` (mag from r_calib to the largest used radius), ``tail`` (mag beyond it, from the
+        model), ``nu0`` (fitted Kolmogorov scale, cycles/px), ``rings`` (list of
+        ``(r_in, r_out, fraction, error, nstar)``).
+
+    Notes
+    -----
+    Each ring between successive radii gives, per star, ``q = (f(r_out) − f(r_in)) / f(r_in)`` with error
+    ``sqrt(σ²(r_out) − σ²(r_in)) / f(r_in)`` (nested apertures share their inner pixels) plus
+    ``err_floor`` in quadrature; the stack is the error-weighted mean, iteratively clipped at
+    ``n_sigma``.  The product of ``1 + q`` is the measured growth f(r_max)/f(r_calib).  The light beyond
+    ``r_max`` — too faint per pixel to measure against the sky, and where a background model fitted
+    around bright stars is biased — is taken from a Kolmogorov PSF (`kolmogorov_encircled_energy`) whose
+    one scale parameter is fitted to the measured rings: ``total/f(r_max) = 1/EE_K(r_max)``.
+    """
+    from scipy.optimize import minimize_scalar
+
+    radii = np.asarray(radii, float)
+    flux = np.asarray(flux, float)
+    flux_err = np.asarray(flux_err, float)
+    k0 = int(np.argmin(np.abs(radii - r_calib)))
+    if abs(radii[k0] - r_calib) > 1e-6:
+        raise TaskError(f"curve of growth: no aperture of radius {r_calib:g} px")
+    ks = [k for k in range(k0, len(radii)) if radii[k] <= r_max + 1e-6]
+    if len(ks) < 2:
+        raise TaskError(f"curve of growth: no aperture between {r_calib:g} and {r_max:g} px")
+    rings = []
+    for a, b in zip(ks[:-1], ks[1:]):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            q = (flux[:, b] - flux[:, a]) / flux[:, a]
+            s = np.sqrt(np.abs(flux_err[:, b] ** 2 - flux_err[:, a] ** 2)) / flux[:, a]
+        s = np.hypot(s, err_floor)
+        ok = np.isfinite(q) & np.isfinite(s) & (s > 0) & (flux[:, a] > 0)
+        q, s = q[ok], s[ok]
+        if len(q) < 3:
+            raise TaskError(f"curve of growth: {len(q)} usable stars in ring {radii[a]:g}-{radii[b]:g} px")
+        keep = np.ones(len(q), bool)
+        for _ in range(10):
+            w = 1.0 / s[keep] ** 2
+            mean = float(np.sum(w * q[keep]) / np.sum(w))
+            new = np.abs(q - mean) < n_sigma * s
+            if new.sum() < 3 or np.array_equal(new, keep):
+                break
+            keep = new
+        w = 1.0 / s[keep] ** 2
+        mean = float(np.sum(w * q[keep]) / np.sum(w))
+        chi2 = float(np.mean(((q[keep] - mean) / s[keep]) ** 2))
+        err = float(np.sqrt(max(chi2, 1.0) / np.sum(w)))
+        rings.append((float(radii[a]), float(radii[b]), mean, err, int(keep.sum())))
+    fr = np.array([r[2] for r in rings])
+    fe = np.array([r[3] for r in rings])
+    r_used = radii[ks]
+
+    def chi2_of(log_nu0: float) -> float:
+        ee = kolmogorov_encircled_energy(r_used, math.exp(log_nu0))
+        return float(np.sum(((fr - (ee[1:] / ee[:-1] - 1.0)) / fe) ** 2))
+
+    fit = minimize_scalar(chi2_of, bounds=(math.log(0.01), math.log(0.5)), method="bounded")
+    nu0 = math.exp(fit.x)
+    ee_max = float(kolmogorov_encircled_energy(r_used[-1:], nu0)[0])
+    measured = 2.5 * math.log10(float(np.prod(1.0 + fr)))
+    tail = -2.5 * math.log10(ee_max)
+    # statistical error: the measured rings plus the tail's change when nu0 moves by its 1-sigma
+    # (the fit's chi2 rises by 1)
+    h = 0.01
+    curv = (chi2_of(fit.x + h) - 2 * chi2_of(fit.x) + chi2_of(fit.x - h)) / h**2
+    dlog = 1.0 / math.sqrt(curv) if curv > 0 else 0.0
+    ee_hi = float(kolmogorov_encircled_energy(r_used[-1:], math.exp(fit.x + dlog))[0])
+    tail_err = abs(2.5 * math.log10(ee_hi / ee_max))
+    meas_err = 2.5 / math.log(10) * float(np.sqrt(np.sum(fe**2)))
+    return Struct(
+        correction=measured + tail,
+        error=math.hypot(meas_err, tail_err),
+        measured=measured,
+        tail=tail,
+        nu0=nu0,
+        rings=rings,
+    )
 
 
 class PhotoCalTask(Task):
@@ -429,20 +595,69 @@ class PhotoCalTask(Task):
         return float(2 * np.pi * math.exp(icpt) * rmax ** (2 - alpha) / (alpha - 2))
 
     def _aperture_to_total(self, sourceCat: Table, rows: np.ndarray, calib_flux: np.ndarray) -> float:
-        """2.5 log10(sum total / sum calib) over the brightest used stars (mag, positive)."""
-        try:
-            total = _column(sourceCat, self.config.totalFluxField)[rows].astype(float)
-        except KeyError:
+        """2.5 log10(total / calibration-aperture flux) of the stars ``rows`` (mag, positive).
+
+        `curve_of_growth_correction` on the catalog's aperture fluxes (``apertureFluxPrefix``) of the
+        used calibration stars, without those whose apertures up to ``curveOfGrowthMaxRadius`` are
+        flagged (truncated by the edge, failed).  ``calib_flux`` is unused (kept for the signature).
+        Returns 0 with a warning when the catalog has no larger apertures or too few usable stars.
+        """
+        cfg = self.config
+        res = self.curveOfGrowth(sourceCat, rows)
+        if res is None:
+            return 0.0
+        self.log.info(
+            "Aperture-to-total (%g px): %.4f +/- %.4f mag (measured to %g px %.4f, Kolmogorov tail %.4f, "
+            "FWHM %.2f px)",
+            cfg.calibApertureRadius,
+            res.correction,
+            res.error,
+            cfg.curveOfGrowthMaxRadius,
+            res.measured,
+            res.tail,
+            0.465 / res.nu0,
+        )
+        self.metadata["apToTotal"] = res.correction
+        self.metadata["apToTotalErr"] = res.error
+        return float(res.correction)
+
+    def curveOfGrowth(self, sourceCat: Table, rows: np.ndarray) -> Struct | None:
+        """`curve_of_growth_correction` of the stars ``rows`` of ``sourceCat`` (None if impossible)."""
+        cfg = self.config
+        cols = [
+            (r, c)
+            for r, c in _aperture_columns(sourceCat, cfg.apertureFluxPrefix)
+            if cfg.calibApertureRadius - 1e-6 <= r <= cfg.curveOfGrowthMaxRadius + 1e-6
+        ]
+        if len(cols) < 2 or abs(cols[0][0] - cfg.calibApertureRadius) > 1e-6:
             self.log.warning(
-                "totalFluxField %s missing: no aperture-to-total correction", self.config.totalFluxField
+                "no %s* apertures from %g to %g px: no aperture-to-total correction",
+                cfg.apertureFluxPrefix,
+                cfg.calibApertureRadius,
+                cfg.curveOfGrowthMaxRadius,
             )
-            return 0.0
-        ok = np.isfinite(total) & (total > 0)
-        order = np.argsort(-calib_flux[ok])[: self.config.totalFluxNumStars]
-        if len(order) < 3:
-            return 0.0
-        tot, cal = total[ok][order], calib_flux[ok][order]
-        ratio = tot / cal
-        # ratio of the summed fluxes (the brightest stars, least noisy, dominate), outliers (>10 %) out
-        keep = np.abs(ratio - np.median(ratio)) < 0.1
-        return float(2.5 * np.log10(np.sum(tot[keep]) / np.sum(cal[keep])))
+            return None
+        rows = np.asarray(rows, int)
+        radii = np.array([r for r, _ in cols])
+        flux = np.column_stack([np.asarray(sourceCat[c], float)[rows] for _, c in cols])
+        err = np.column_stack(
+            [np.asarray(sourceCat[c.replace("_instFlux", "_instFluxErr")], float)[rows] for _, c in cols]
+        )
+        good = np.all(np.isfinite(flux) & np.isfinite(err), axis=1)
+        for _, c in cols:
+            flag = c.replace("_instFlux", "_flag")
+            if flag in sourceCat.colnames:
+                good &= ~np.asarray(sourceCat[flag], bool)[rows]
+        try:
+            return curve_of_growth_correction(
+                flux[good],
+                err[good],
+                radii,
+                cfg.calibApertureRadius,
+                cfg.curveOfGrowthMaxRadius,
+                cfg.curveOfGrowthErrFloor,
+                cfg.curveOfGrowthNSigma,
+            )
+        except TaskError as exc:
+            self.log.warning("%s: no aperture-to-total correction", exc)
+            return None

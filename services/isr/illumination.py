@@ -4,12 +4,13 @@ Twilight or dome flats are lit differently from the night sky (scattered light i
 pupil difference), so a frame divided by them keeps a smooth large-scale pattern.  The correction is the
 ratio of the night sky to the flat, measured on several flat-fielded science frames of different fields:
 each frame gets an object mask (sigma-clipped threshold above a local background, faint extended light from
-a smoothed copy, grown), its unmasked pixels are summarised by the median of every ``binSize`` cell
-(cells mostly covered by objects, and their neighbours, are dropped), each frame's cell map is normalised
-by its median, the maps are median-combined across frames, holes filled from the nearest good cell,
-lightly smoothed and interpolated to full resolution with a cubic spline.  The result has median 1; a
-flat multiplied by it (``make-calibs flat --illum-id``) flattens the night sky (IRAF ``mkillumflat``;
-LSST's ``illumcor`` dataset plays the same part).
+a smoothed copy, grown), its unmasked pixels are summarised by the median of every ``bin_size`` cell
+(cells mostly covered by objects are dropped), the frames' cell maps are scaled to one another on the
+cells they share and median-combined, cells of one frame that stand out from the others (halos the mask
+missed) are rejected and the maps recombined, cells without data are filled from a 2-D polynomial fit,
+and the map is lightly smoothed and interpolated to full resolution with a cubic spline.  The result has
+median 1; a flat multiplied by it (``make-calibs flat --illum-id``) flattens the night sky (IRAF
+``mkillumflat``; LSST's ``illumcor`` dataset plays the same part).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
+from astropy.io import fits
 from calexpress.exposure import Exposure
 from calexpress.stats import clipped_stats
 from scipy import ndimage
@@ -78,10 +80,13 @@ def object_mask(
     return ndimage.binary_dilation(det, iterations=grow)
 
 
-def _fill_nearest(a: np.ndarray) -> np.ndarray:
+def _fill_nearest(a: np.ndarray, default: float = 1.0) -> np.ndarray:
+    """NaN cells take the value of the nearest finite cell (``default`` when there is none)."""
     good = np.isfinite(a)
-    if good.all() or not good.any():
-        return np.where(good, a, 1.0) if not good.any() else a
+    if good.all():
+        return a
+    if not good.any():
+        return np.full_like(a, default)
     idx = ndimage.distance_transform_edt(~good, return_distances=False, return_indices=True)
     return a[tuple(idx)]
 
@@ -122,7 +127,7 @@ def make_illumination_correction(
     nsigma: float = 2.5,
     grow: int = 5,
     max_object_fraction: float = 0.3,
-    crowded_grow: int = 1,
+    crowded_grow: int = 0,
     smoothing: float = 1.0,
     cell_nsigma: float = 3.0,
     cell_iterations: int = 2,
@@ -190,20 +195,23 @@ def make_illumination_correction(
             if not outlier.any():
                 break
             grown = np.array([ndimage.binary_dilation(o) for o in outlier])
-            stack[grown & (nmaps_finite(stack) > 1)] = np.nan
+            stack[grown & (_nmaps_finite(stack) > 1)] = np.nan
             stack = _rescale(stack)
         combined = np.nanmedian(stack, axis=0)
         nmap = np.isfinite(stack).sum(axis=0)
         spread = np.nanstd(stack, axis=0) ** 2 / np.maximum(nmap, 1)
     combined = _fill_smooth(combined, fill_order)
-    spread = _fill_nearest(np.where(nmap > 1, spread, np.nan))
+    spread = _fill_nearest(np.where(nmap > 1, spread, np.nan), default=0.0)
     if smoothing > 0:
         combined = ndimage.gaussian_filter(combined, smoothing, mode="nearest")
     combined /= np.median(combined)
-    ny, nx = shape
     image = _upsample(combined, bin_size, shape)
-    variance = _upsample(spread, bin_size, shape)
-    md = exposures[0].metadata.__class__() if exposures[0].metadata is not None else None
+    variance = np.maximum(_upsample(spread, bin_size, shape), 0.0)
+    md = fits.Header()
+    md["CALIBTYP"] = ("illumcor", "calibration type")
+    md["NINPUT"] = (len(exposures), "number of sky frames")
+    md["ILLUMBIN"] = (bin_size, "cell size of the correction, pixels")
+    md["ILLUMCEL"] = (int((nmap > 0).sum()), "cells measured (the others filled)")
     illum = Exposure(
         image.astype(np.float32),
         None,
@@ -248,7 +256,7 @@ def _fill_smooth(a: np.ndarray, order: int) -> np.ndarray:
     return np.where(good, a, design @ coeffs)
 
 
-def nmaps_finite(stack: np.ndarray) -> np.ndarray:
+def _nmaps_finite(stack: np.ndarray) -> np.ndarray:
     """Number of frames with a value in every cell, broadcast to the stack's shape."""
     return np.broadcast_to(np.isfinite(stack).sum(axis=0), stack.shape)
 

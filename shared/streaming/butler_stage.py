@@ -163,6 +163,20 @@ class ButlerStageProcessor(StageProcessor):
         """Construct the task (override to pass loaders)."""
         return self.task_class(config=config)
 
+    def warm_up(self) -> None:
+        """Open the service's default repository, camera and config before the first event."""
+        settings = self.context.settings
+        if not settings.repo or not any(storage.exists(storage.join(settings.repo, name))
+                                        for name in ("_mapper", "repositoryCfg.yaml")):
+            return
+        from ..events import make_event
+
+        probe = make_event("raw", {}, {}, stage="warmup", repo=settings.repo, collection=settings.collection)
+        try:
+            self.config_hash(probe)
+        except Exception as exc:  # e.g. --repo is a prefix holding several repositories
+            log.info("no warm-up for %s: %s", settings.repo, exc)
+
     # -- processing ------------------------------------------------------------------------------
     def check_inputs(self, event: Event) -> None:
         """Every input object exists and matches its checksum (permanent errors otherwise)."""

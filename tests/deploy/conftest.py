@@ -20,13 +20,13 @@ ALL_FEATURES = {
     "kafka": {"securityProtocol": "SASL_SSL", "saslMechanism": "SCRAM-SHA-256",
               "username": "u", "password": "p"},
     "s3": {"endpoint": "http://s3.local:8333", "accessKeyId": "AK", "secretAccessKey": "SK"},
-    "services": {"isr": {"autoscaling": {"enabled": True, "type": "keda"}},
+    "services": {"isr": {"autoscaling": {"enabled": True, "type": "keda"},
+                         "configOverrides": "config.doBias = True\n"},
                  "characterize": {"autoscaling": {"enabled": True, "type": "hpa"}}},
     "serviceMonitor": {"enabled": True},
     "prometheusRule": {"enabled": True},
     "topics": {"create": True},
-    "pipeline": {"configOverrides": "config.isr.doBias = True\n",
-                 "refcat": {"astrometry": "gaia_dr2", "photometry": "ps1"}},
+    "pipeline": {"refcat": {"astrometry": "gaia_dr2", "photometry": "ps1"}},
 }
 
 

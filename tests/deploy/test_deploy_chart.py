@@ -80,11 +80,15 @@ def test_all_features_render_is_valid(chart):
     assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
     script = by_kind(docs, "ConfigMap")["prod-calexpress-topics"]["data"]["create_topics.py"]
     compile(script, "create_topics.py", "exec")  # the mounted script is valid Python
-    overrides = by_kind(docs, "ConfigMap")["prod-calexpress-pipeline"]["data"]["processCcd_config.py"]
-    assert overrides.splitlines()[1:] == [
-        'config.calibrate.astromRefObjLoader.ref_dataset_name = "gaia_dr2"',
-        'config.calibrate.photoRefObjLoader.ref_dataset_name = "ps1"',
-        "config.isr.doBias = True"]
+    files = by_kind(docs, "ConfigMap")["prod-calexpress-pipeline"]["data"]
+    assert files["calibrate_config.py"].splitlines()[1:] == [
+        'config.astromRefObjLoader.ref_dataset_name = "gaia_dr2"',
+        'config.photoRefObjLoader.ref_dataset_name = "ps1"']
+    assert files["isr_config.py"].splitlines()[1:] == ["config.doBias = True"]
+    assert files["characterize_config.py"].splitlines()[1:] == []
+    for stage, dep in by_kind(docs, "Deployment").items():
+        env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert env["CALEXPRESS_CONFIG_FILE"] == f"/etc/calexpress/{stage.rsplit('-', 1)[1]}_config.py"
 
 
 def test_crd_schemas_catch_mistakes(chart):
@@ -237,19 +241,29 @@ def test_readme_documents_every_value():
     assert not missing, f"values not in the README table: {missing}"
 
 
-def test_pipeline_config_overrides_load_into_processccd_config(chart, production_values, tmp_path):
-    """The processCcd_config.py the chart mounts is a valid override file for ProcessCcdConfig."""
-    processccd = pytest.importorskip("calexpress.pipeline.processCcd")
+@pytest.mark.parametrize("stage, task_path", [
+    ("isr", "calexpress.isr:IsrTask"),
+    ("characterize", "calexpress.characterize:CharacterizeImageTask"),
+    ("calibrate", "calexpress.calibrate:CalibrateTask")])
+def test_stage_config_files_load_into_the_stage_configs(chart, production_values, tmp_path, stage, task_path):
+    """Each `<service>_config.py` the chart mounts loads into that stage's config, as the services do."""
+    import importlib
+
+    module, _, name = task_path.partition(":")
+    task = getattr(pytest.importorskip(module), name)
     docs = render_docs(chart, production_values)
-    text = by_kind(docs, "ConfigMap")["prod-calexpress-pipeline"]["data"]["processCcd_config.py"]
-    path = tmp_path / "processCcd_config.py"
-    path.write_text(text)
-    config = processccd.ProcessCcdConfig()
+    path = tmp_path / f"{stage}_config.py"
+    path.write_text(by_kind(docs, "ConfigMap")["prod-calexpress-pipeline"]["data"][path.name])
+    config = task.ConfigClass()
     config.load(str(path))
-    assert config.calibrate.astromRefObjLoader.ref_dataset_name == "gaia_dr3"
-    assert config.calibrate.photoRefObjLoader.ref_dataset_name == "ps1_pv3_3pi_20170110"
-    assert config.charImage.repair.doCosmicRay is True
-    assert config.calibrate.photoCal.magLimitFaint == 22.0
+    config.validate()
+    if stage == "calibrate":
+        assert config.astromRefObjLoader.ref_dataset_name == "gaia_dr3"
+        assert config.photoRefObjLoader.ref_dataset_name == "ps1_pv3_3pi_20170110"
+        assert config.photoCal.magLimitFaint == 22.0
+    if stage == "characterize":
+        assert config.repair.doCosmicRay is True
+    assert importlib.import_module(f"calexpress.{stage}.service").make_processor  # the service that loads it
 
 
 def test_chart_app_version_is_the_package_version():

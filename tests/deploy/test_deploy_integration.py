@@ -1,11 +1,13 @@
 """Issue 7, acceptance point 5: the three services and Debian's Prometheus on loopback process real CCDs,
 and every query of the Grafana dashboard returns data through Prometheus's HTTP API.
 
-Runs the real science stages (``calexpress serve isr|characterize|calibrate``) on the three simcamA raws
-with a real SeaweedFS (S3) and a real Tansu (Kafka) broker. Prometheus scrapes the services the way the
-chart's ServiceMonitor labels them (job ``calexpress``, label ``component``) and loads the alert rules of
-helm/prometheus. One malformed message is sent to the ``raw`` topic so that the dead-letter panels and the
-dead-letter alert have something to show.
+Runs the real science stages on the three simcamA raws with a real SeaweedFS (S3) and a real Tansu (Kafka)
+broker. Each service is started with the command line and environment the Helm chart gives its container
+(rendered ConfigMaps, Secret and Deployment: `calexpress serve <stage>`, brokers, S3 endpoint and keys,
+repository, group id, stage config file), so the chart's settings are the ones the services really read.
+Prometheus scrapes the services the way the chart's ServiceMonitor labels them (job ``calexpress``, label
+``component``) and loads the alert rules of helm/prometheus. One malformed message is sent to the ``raw``
+topic so that the dead-letter panels and the dead-letter alert have something to show.
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ import glob
 import importlib.util
 import os
 import shutil
+import subprocess
 import sys
 import time
 import urllib.request
 
 import pytest
+from chartrun import pod_process_spec
+from conftest import CHART_DIR, render_docs
 from promcheck import CalexpressPrometheus, dashboard_queries, empty_dashboard_queries, finite_values
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -61,14 +66,13 @@ def _stage_simcam_repo(simcam_dir) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, simcam_dir):
+def run(tmp_path_factory, simcam_dir, helm):
     """Start everything, process the three simcamA CCDs plus one malformed message; yield the state."""
     _require_everything()
     from calexpress.events import decode_event
     from calexpress.streaming.announce import announce_raws, send_events
     from calexpress.streaming.procutil import free_port, stop_process, wait_for
     from calexpress.streaming.seaweedfs import SeaweedFS
-    from calexpress.streaming.stack import start_service_process
     from calexpress.streaming.tansu import TansuBroker, create_topics
 
     tmp = tmp_path_factory.mktemp("deploy-integration")
@@ -82,11 +86,21 @@ def run(tmp_path_factory, simcam_dir):
         topics = [PREFIX + t for t in ("raw", "postisr", "characterized", "calexp")]
         create_topics(broker.bootstrap, topics + [t + ".dlq" for t in topics[:3]], 3)
         raws = _stage_simcam_repo(simcam_dir)
+        # The services run with the command line and environment the chart gives its containers.
+        docs = render_docs(helm.Chart.load(CHART_DIR), {
+            "kafka": {"brokers": broker.bootstrap},
+            "s3": {"endpoint": sw.endpoint_url, "accessKeyId": sw.access_key,
+                   "secretAccessKey": sw.secret_key},
+            "repository": REPO, "collection": "live"})
         components = {}
         for stage in STAGES:
             port = free_port()
-            procs.append(start_service_process(stage, brokers=broker.bootstrap, repo=REPO, s3_env=sw.env(),
-                                               metrics_port=port, log_path=tmp / f"{stage}.log"))
+            # Three "pods" share one host here: loopback and one port each instead of 0.0.0.0:9102.
+            argv, env = pod_process_spec(docs, stage, tmp / "pods", overrides={
+                "CALEXPRESS_METRICS_HOST": "127.0.0.1", "CALEXPRESS_METRICS_PORT": str(port)})
+            with open(tmp / f"{stage}.log", "ab") as log:
+                procs.append(subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                              stdin=subprocess.DEVNULL, start_new_session=True))
             components[stage] = f"127.0.0.1:{port}"
         for stage, addr in components.items():
             wait_for(lambda a=addr: urllib.request.urlopen(f"http://{a}/readyz", timeout=1).status == 200,

@@ -51,18 +51,23 @@ def test_recovers_simulated_illumination(frames):
     assert np.ptp(truth) > 0.08
     assert float(np.std(inner)) < 0.0015, np.std(inner)
     assert float(np.abs(inner - 1).max()) < 0.006, np.abs(inner - 1).max()
-    # dividing a new frame by it flattens the sky to the noise of 64x64 box medians (~0.05 %)
+    # dividing a new frame by it flattens its sky as well as the truth does (box medians: 2.8 % before,
+    # 0.16 % with the truth, 0.18 % measured; the rest is noise and the new frame's galaxy halo)
     new = _frame(np.random.default_rng(11), truth, galaxy=True)
-    flat = new.image / illum.image
-    objects = object_mask(flat, (new.mask != 0))
-    meds = [
-        np.median(flat[y : y + 64, x : x + 64][~objects[y : y + 64, x : x + 64]])
-        for y in range(0, 512, 64)
-        for x in range(0, 512, 64)
-        if objects[y : y + 64, x : x + 64].mean() < 0.1
-    ]
-    assert len(meds) > 20
-    assert np.std(meds) / np.mean(meds) < 0.002
+
+    def box_rms(image: np.ndarray) -> float:
+        objects = object_mask(image, new.mask != 0)
+        meds = [
+            np.median(image[y : y + 64, x : x + 64][~objects[y : y + 64, x : x + 64]])
+            for y in range(0, 512, 64)
+            for x in range(0, 512, 64)
+            if objects[y : y + 64, x : x + 64].mean() < 0.3
+        ]
+        assert len(meds) >= 20
+        return float(np.std(meds) / np.mean(meds))
+
+    assert box_rms(new.image) > 0.02
+    assert box_rms(new.image / illum.image) < box_rms(new.image / truth) + 0.0005
 
 
 def test_object_mask_finds_stars_and_halo(frames):

@@ -105,9 +105,9 @@ def test_masters(nickel_repo):
 # 3 ADU along the readout (d1007) or jumps by 1 ADU at row ~530 (d1010) with no trace in the overscan.
 _BIAS_JITTER = pytest.mark.xfail(
     strict=True,
-    reason="the image-area bias of this frame is offset from the overscan by 0.7-1.2 ADU more than the "
-    "other frames' (image-minus-overscan level 14.09 +- 0.67 ADU rms over d1001-d1010, uncorrelated with "
-    "every overscan column/row statistic), so no overscan model brings it within 0.5 ADU",
+    reason="after ISR this bias has mean -0.72/+0.92/+0.97/-1.24 ADU (d1001/1005/1007/1010) because its "
+    "image-area level minus the overscan (14.09 +- 0.67 ADU rms over d1001-d1010) is uncorrelated with "
+    "every overscan column/row statistic, so no overscan model brings it within 0.5 ADU",
 )
 
 
@@ -173,9 +173,9 @@ def test_illumination_correction_improves_sky(science, illum_corrected, visit):
 
 _EDGE = pytest.mark.xfail(
     strict=True,
-    reason="d1083's sky at x >= 896 falls 20-25 ADU (12-15 %) short at x~990 against 6-15 ADU in the "
-    "other 60-120 s frames, a frame-dependent edge deficit no static flat removes (0.78 % over the full "
-    "width, 0.40 % without x >= 896)",
+    reason="d1083's sky at x 976-1000 falls 15-26 ADU (9-16 % of its 165 ADU sky) below x 700-800, "
+    "against 0-15 ADU in the other 60-120 s frames: a frame-dependent edge deficit no static flat "
+    "removes (0.74 % over the full width, 0.35 % without x >= 896)",
 )
 _CROWDED = pytest.mark.xfail(
     strict=True,

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import glob
+import io
 import os
 import signal
 import time
 from collections import defaultdict
 
 import pytest
+from astropy.io import fits
 from calexpress import storage
 from calexpress.events import decode_event, make_event
 from calexpress.streaming.announce import send_events
@@ -56,10 +58,16 @@ def test_kill9_characterize_mid_ccd_then_restart(services, broker, raw_files):
     for evs in per_ccd.values():
         for uri in evs[0].uris.values():
             assert storage.exists(uri)
-    objs = list(list_objects(repo, "/rerun/live/"))
-    assert [o for o in objs if ".tmp-" in os.path.basename(o)] == []
-    # complete outputs: 5 data sets and 3 completion records per CCD
+    objs = [o for o in list_objects(repo, "/rerun/live/") if not os.path.basename(o).startswith(".tmp-")]
+    # complete outputs: 5 data sets and 3 completion records per CCD, every final object whole
     assert len(objs) == 6 * 8
+    for uri in objs:
+        data = storage.read_bytes(uri)
+        if uri.endswith(".fits"):
+            with fits.open(io.BytesIO(data)) as hdul:
+                assert hdul[0].data.shape == (256, 256)
+        else:
+            assert decode_event(data).data_id
 
 
 def test_two_isr_processes_share_partitions_and_take_over(services, broker, raw_files):
