@@ -13,8 +13,13 @@ Algorithm (``lsst_processccd.md`` section 2.4):
 6. 8-connected components of ``smoothed >= threshold`` (``scipy.ndimage.label``), ``minPixels``;
    a footprint is kept only if its highest peak reaches ``includeThresholdMultiplier * threshold``;
    peaks = pixels of the smoothed image with no strictly larger 8-neighbour, brightest first;
+   calexpress addition (``doMergeSaturatedPeaks``): saturated pixels count as above threshold, so that a
+   saturated star and its bleed trails form one footprint;
 7. footprints grown by ``int(nSigmaToGrow * sigma + 0.5)`` (disc if ``isotropicGrow``, else the Manhattan
-   stencil), touching footprints merged; DETECTED (and DETECTED_NEGATIVE) set;
+   stencil), touching footprints merged; with ``doMergeSaturatedPeaks`` the peaks within
+   ``saturatedPeakRadius`` PSF sigma of a saturated region become one peak at its core (the saturated
+   plateau, its ring and its trails make spurious maxima, which the deblender would otherwise split into
+   children 5-10 px off the star); DETECTED (and DETECTED_NEGATIVE) set;
 8. ``reEstimateBackground``: the background is re-estimated on the unsmoothed image ignoring detected pixels
    (``calexpress.background.estimate_background``), subtracted, and returned.
 """
@@ -31,7 +36,7 @@ from astropy.table import Column, Table
 from scipy import ndimage
 
 from .config import ChoiceField, Config, Field, ListField
-from .footprints import FootprintSet
+from .footprints import FootprintSet, merge_saturated_peaks
 from .stats import clipped_stats
 from .task import ExposureIdInfo, Struct, Task, TaskError, timeMethod
 
@@ -91,6 +96,19 @@ class SourceDetectionConfig(Config):
     doTempWideBackground = Field(dtype=bool, default=False, doc="temporary wide background (not implemented)")
     nPeaksMaxSimple = Field(dtype=int, default=1, doc="kept for LSST compatibility (unused)")
     nSigmaForKernel = Field(dtype=float, default=7.0, doc="smoothing kernel width in PSF sigma")
+    doMergeSaturatedPeaks = Field(
+        dtype=bool,
+        default=True,
+        doc="calexpress: saturated pixels join the footprints (a star and its bleed trails are one "
+        "footprint) and the peaks within saturatedPeakRadius PSF sigma of one saturated region become "
+        "a single peak at the region's core (`calexpress.footprints.merge_saturated_peaks`)",
+    )
+    saturatedPeakRadius = Field(
+        dtype=float, default=4.0, doc="calexpress: peak-merging radius around saturated regions, PSF sigma"
+    )
+    saturatedMaskPlanes = ListField(
+        dtype=str, default=["SAT"], doc="calexpress: mask planes marking saturated pixels"
+    )
     statsMask = ListField(
         dtype=str,
         default=["BAD", "SAT", "EDGE", "NO_DATA"],
@@ -302,8 +320,13 @@ class SourceDetectionTask(Task):
         valid = np.zeros((ny, nx), bool)
         valid[mid] = True
         polarity = cfg.thresholdPolarity
+        sat = None
+        if cfg.doMergeSaturatedPeaks:
+            sat = (mask & exposure.get_plane_bitmask(*cfg.saturatedMaskPlanes)) != 0
+            if not sat.any():
+                sat = None
         if polarity in ("positive", "both"):
-            positive = self._footprints(smoothed, valid, threshold, noise)
+            positive = self._footprints(smoothed, valid, threshold, noise, extra=sat)
         if polarity in ("negative", "both") or cfg.reEstimateBackground:
             negative = self._footprints(-smoothed, valid, threshold, noise)
 
@@ -314,6 +337,8 @@ class SourceDetectionTask(Task):
                 positive = positive.grow(grow, cfg.isotropicGrow)
             if negative is not None:
                 negative = negative.grow(grow, cfg.isotropicGrow)
+        if positive is not None and sat is not None:
+            positive = merge_saturated_peaks(positive, sat, int(cfg.saturatedPeakRadius * sigma + 0.5))
         if positive is not None:
             positive.set_mask(mask, bit_det)
         if negative is not None:
@@ -378,10 +403,17 @@ class SourceDetectionTask(Task):
         return std
 
     def _footprints(
-        self, smoothed: np.ndarray, valid: np.ndarray, threshold: float, noise: float
+        self,
+        smoothed: np.ndarray,
+        valid: np.ndarray,
+        threshold: float,
+        noise: float,
+        extra: np.ndarray | None = None,
     ) -> FootprintSet:
         cfg = self.config
         above = (smoothed >= threshold) & valid
+        if extra is not None:  # saturated pixels: part of their star whatever their interpolated value
+            above |= extra & valid
         labels, n = _label(above)
         fps = FootprintSet.from_labels(labels, smoothed, noise=noise)
         if n == 0:

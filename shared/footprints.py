@@ -35,7 +35,7 @@ from scipy import ndimage
 
 from .geom import Box
 
-__all__ = ["FootprintSet", "HeavyFootprint", "grow_stencil"]
+__all__ = ["FootprintSet", "HeavyFootprint", "grow_stencil", "merge_saturated_peaks", "saturated_cores"]
 
 
 @dataclass
@@ -365,3 +365,86 @@ class FootprintSet:
     def set_mask(self, mask: np.ndarray, bit: int) -> None:
         """OR ``1 << bit`` into ``mask`` on every footprint pixel."""
         mask[self.labels > 0] |= np.int32(1 << bit)
+
+
+def saturated_cores(sat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Label the saturated regions and locate each one's core.
+
+    A saturated star is a round plateau with bleed trails running along the columns; the plateau is
+    widest in x on the rows through the star's centre.  The core of a region is therefore its row with
+    the most saturated pixels (the median of such rows when several tie) and, on that row, the mean x of
+    the saturated pixels.  This is insensitive to how far the trail bleeds up or down.
+
+    Parameters
+    ----------
+    sat : `numpy.ndarray`
+        Boolean image of saturated pixels.
+
+    Returns
+    -------
+    labels : `numpy.ndarray`
+        int32 image, region ``k`` (1-based), 0 = not saturated.
+    core_x, core_y : `numpy.ndarray`
+        int64, the core pixel of region ``k`` at index ``k - 1``.
+    """
+    labels, n = ndimage.label(sat, structure=np.ones((3, 3), bool))
+    labels = labels.astype(np.int32, copy=False)
+    cx = np.zeros(n, np.int64)
+    cy = np.zeros(n, np.int64)
+    for k, sl in enumerate(ndimage.find_objects(labels)):
+        comp = labels[sl] == k + 1
+        rows = comp.sum(axis=1)
+        best = np.flatnonzero(rows == rows.max())
+        r = int(best[len(best) // 2])
+        xs = np.flatnonzero(comp[r])
+        cy[k] = sl[0].start + r
+        cx[k] = sl[1].start + int(round(float(xs.mean())))
+        if not comp[r, cx[k] - sl[1].start]:  # a ring-shaped row: use its nearest saturated pixel
+            cx[k] = sl[1].start + int(xs[np.argmin(np.abs(xs - (cx[k] - sl[1].start)))])
+    return labels, cx, cy
+
+
+def merge_saturated_peaks(fps: FootprintSet, sat: np.ndarray, radius: int) -> FootprintSet:
+    """One peak per saturated region: peaks within ``radius`` of a saturated region become one.
+
+    The interpolated plateau of a saturated star, its bleed trails and the ring just outside the
+    plateau produce several local maxima in the smoothed image; deblending them would split the star
+    into children centred 5-10 pixels away from it.  Every peak of a footprint lying within ``radius``
+    pixels of the same saturated region (see `saturated_cores`) is replaced by a single peak at the
+    region's core, keeping the brightest peak's value and significance.  Peaks of other footprints and
+    peaks away from saturated regions are unchanged.
+
+    Returns a new `FootprintSet` (same labels and pixels).
+    """
+    if len(fps) == 0 or not np.any(sat):
+        return fps
+    labels, core_x, core_y = saturated_cores(sat)
+    if radius > 0:
+        yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+        disc = xx * xx + yy * yy <= radius * radius
+        grown = ndimage.grey_dilation(labels, footprint=disc)
+    else:
+        grown = labels
+    comp = grown[fps.peak_y, fps.peak_x]
+    keep = np.ones(comp.size, bool)
+    px, py = fps.peak_x.copy(), fps.peak_y.copy()
+    seen: set[tuple[int, int]] = set()
+    for j in np.flatnonzero(comp > 0):  # peaks are sorted by footprint, brightest first
+        key = (int(fps.peak_footprint[j]), int(comp[j]))
+        if key in seen:
+            keep[j] = False
+            continue
+        seen.add(key)
+        k = int(comp[j]) - 1
+        if fps.labels[core_y[k], core_x[k]] == key[0] + 1:
+            px[j], py[j] = core_x[k], core_y[k]
+    return FootprintSet(
+        fps.labels,
+        fps.bboxes,
+        fps.npix,
+        fps.peak_footprint[keep],
+        px[keep],
+        py[keep],
+        fps.peak_value[keep],
+        fps.peak_significance[keep],
+    )

@@ -11,6 +11,9 @@ Algorithms (what differs from LSST's C++ is said here):
   (Newton iterations), i.e. the maximum of the image cross-correlated with the PSF -- what SDSS's
   smoothed-image quadratic fit approximates, without its sub-pixel bias.  Errors from the propagated
   pixel variances.  Flags ``edge``, ``noSecondDerivative``, ``notAtMaximum``, ``resetToPeak``.
+  A source whose centre (3x3) is saturated gets its centroid from a PSF fit to the unsaturated wings
+  (`calexpress.measure_plugins.saturated_wing_centroid`; flag ``saturatedWings``, calexpress), where LSST
+  falls back to the peak: the interpolated plateau and its bleed trails put a first moment 5-10 px off.
 * ``base_SdssShape``: adaptive moments (weight = elliptical Gaussian matched to the source), errors from
   the Fisher matrix of a Gaussian model with the mean pixel variance; ``instFlux`` is the matched-Gaussian
   flux; ``psf_xx/yy/xy`` the PSF's adaptive moments at the source.
@@ -137,6 +140,17 @@ class SingleFrameMeasurementConfig(Config):
     noiseOffset = Field(dtype=float, default=0.0, doc="added to the replacement noise mean")
     noiseSeedMultiplier = Field(dtype=int, default=1, doc="seed = exposureId * noiseSeedMultiplier")
     # plugin parameters (LSST defaults)
+    doSaturatedWingCentroid = Field(
+        dtype=bool,
+        default=True,
+        doc="calexpress: sources with a saturated centre get base_SdssCentroid from a PSF fit to their "
+        "unsaturated wings (flag base_SdssCentroid_flag_saturatedWings)",
+    )
+    saturatedWingBadMaskPlanes = ListField(
+        dtype=str,
+        default=["SAT", "INTRP", "BAD", "SUSPECT", "NO_DATA", "CR"],
+        doc="calexpress: pixels (grown by 1) left out of the saturated-wing centroid fit",
+    )
     centroidMaxIter = Field(dtype=int, default=20, doc="SdssCentroid: Newton iterations")
     shapeMaxIter = Field(dtype=int, default=100, doc="base_SdssShape.maxIter")
     shapeTol1 = Field(dtype=float, default=1e-5, doc="base_SdssShape.tol1 (relative moments change)")
@@ -583,6 +597,59 @@ class SingleFrameMeasurementTask(Task):
                     (ctr & b) != 0,
                     None,
                     f"{'/'.join(_PIXEL_FLAG_PLANES[key])} pixels in the source center (3x3)",
+                )
+
+        # --- saturated stars: centroid from the unsaturated wings (PSF fit with the core masked)
+        if "base_SdssCentroid" in plugins and cfg.doSaturatedWingCentroid and psf is not None:
+            sat_bit = exposure.mask_planes.get("SAT")
+            if sat_bit is not None:
+                ctr_sat = (mp.center_mask_or(mask, cx, cy) & (1 << sat_bit)) > 0
+                wing = np.zeros(n, bool)
+                if ctr_sat.any():
+                    planes = exposure.mask_planes
+                    unusable = sum(1 << planes[nm] for nm in cfg.saturatedWingBadMaskPlanes if nm in planes)
+                    from scipy import ndimage as _ndi
+
+                    usable = ~_ndi.binary_dilation((mask & unusable) != 0, iterations=1)
+                    psf_half = psf.compute_kernel_image(*psf.average_position()).shape[0] // 2
+                    cx, cy = cx.copy(), cy.copy()
+                    xs = np.asarray(out["base_SdssCentroid_x"][0], np.float64).copy()
+                    ys = np.asarray(out["base_SdssCentroid_y"][0], np.float64).copy()
+                    exs = np.asarray(out["base_SdssCentroid_xErr"][0]).copy()
+                    eys = np.asarray(out["base_SdssCentroid_yErr"][0]).copy()
+                    for k in np.flatnonzero(ctr_sat):
+                        h = psf_half + 1
+                        jx, jy = int(round(pxl[k])), int(round(pyl[k]))
+                        sl = np.s_[max(jy - h, 0) : jy + h + 1, max(jx - h, 0) : jx + h + 1]
+                        lab = labels[sl]
+                        data = np.where((lab == own[k]) | (lab == 0), img[sl], nr[sl])
+                        use = usable[sl] & (lab == own[k]) if child_npix is not None else usable[sl]
+                        xw, yw, exw, eyw, fail = mp.saturated_wing_centroid(
+                            data,
+                            var[sl],
+                            use,
+                            psf,
+                            pxl[k] + x0,
+                            pyl[k] + y0,
+                            x0 + max(jx - h, 0),
+                            y0 + max(jy - h, 0),
+                        )
+                        if fail:
+                            continue
+                        wing[k] = True
+                        xs[k], ys[k], exs[k], eys[k] = xw, yw, exw, eyw
+                        cx[k], cy[k] = xw - x0, yw - y0
+                    base = "base_SdssCentroid"
+                    put(f"{base}_x", xs, u.pix, "centroid from the PSF-matched first moment")
+                    put(f"{base}_y", ys, u.pix, "centroid from the PSF-matched first moment")
+                    put(f"{base}_xErr", exs.astype(np.float32), u.pix, "1-sigma uncertainty on x position")
+                    put(f"{base}_yErr", eys.astype(np.float32), u.pix, "1-sigma uncertainty on y position")
+                    fx, fy = cx + x0, cy + y0
+                put(
+                    "base_SdssCentroid_flag_saturatedWings",
+                    wing,
+                    None,
+                    "saturated centre: centroid from a PSF fit to the unsaturated wings (calexpress)",
                 )
 
         # --- shape

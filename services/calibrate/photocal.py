@@ -281,8 +281,8 @@ def _hankel_kernel(radii: tuple[float, ...]) -> np.ndarray:
 @functools.lru_cache(maxsize=1)
 def _kolmogorov_grid() -> tuple[np.ndarray, np.ndarray, float]:
     """Frequency grid (cycles/px), azimuthally averaged pixel response on it, and its step."""
-    dnu = 1e-4  # resolves J1(2πνR) out to R ~ 500 px
-    nu = np.arange(1, 20001) * dnu  # the Kolmogorov OTF is < 1e-30 beyond 2 cycles/px for ν0 < 0.5
+    dnu = 5e-5  # midpoint rule; resolves J1(2πνR) out to R ~ 1000 px
+    nu = (np.arange(30000) + 0.5) * dnu  # to 1.5 cycles/px: the OTF is < 1e-8 there for ν0 <= 0.25
     theta = np.linspace(0.0, np.pi / 2, 16)
     pix = np.mean([np.abs(np.sinc(nu * np.cos(a)) * np.sinc(nu * np.sin(a))) for a in theta], axis=0)
     return nu, pix, dnu
@@ -296,6 +296,13 @@ def _aperture_columns(cat: Table, prefix: str) -> list[tuple[float, str]]:
         if m:
             out.append((float(f"{m.group(1)}.{m.group(2)}"), name))
     return sorted(out)
+
+
+def _weighted_median(x: np.ndarray, w: np.ndarray) -> float:
+    """The value at which the cumulative weight reaches half the total."""
+    order = np.argsort(x)
+    cw = np.cumsum(w[order])
+    return float(x[order][np.searchsorted(cw, 0.5 * cw[-1])])
 
 
 def curve_of_growth_correction(
@@ -359,14 +366,21 @@ def curve_of_growth_correction(
         q, s = q[ok], s[ok]
         if len(q) < 3:
             raise TaskError(f"curve of growth: {len(q)} usable stars in ring {radii[a]:g}-{radii[b]:g} px")
+        # start from the error-weighted median (one contaminated star must not set the centre, and the
+        # many faint stars must not outvote the few bright ones), then the error-weighted mean of the
+        # stars within n_sigma of it, iterated
+        mean = _weighted_median(q, 1.0 / s**2)
         keep = np.ones(len(q), bool)
         for _ in range(10):
+            new = np.abs(q - mean) < n_sigma * s
+            if new.sum() < 3:
+                break
+            changed = not np.array_equal(new, keep)
+            keep = new
             w = 1.0 / s[keep] ** 2
             mean = float(np.sum(w * q[keep]) / np.sum(w))
-            new = np.abs(q - mean) < n_sigma * s
-            if new.sum() < 3 or np.array_equal(new, keep):
+            if not changed:
                 break
-            keep = new
         w = 1.0 / s[keep] ** 2
         mean = float(np.sum(w * q[keep]) / np.sum(w))
         chi2 = float(np.mean(((q[keep] - mean) / s[keep]) ** 2))
@@ -380,7 +394,7 @@ def curve_of_growth_correction(
         ee = kolmogorov_encircled_energy(r_used, math.exp(log_nu0))
         return float(np.sum(((fr - (ee[1:] / ee[:-1] - 1.0)) / fe) ** 2))
 
-    fit = minimize_scalar(chi2_of, bounds=(math.log(0.01), math.log(0.5)), method="bounded")
+    fit = minimize_scalar(chi2_of, bounds=(math.log(0.01), math.log(0.25)), method="bounded")
     nu0 = math.exp(fit.x)
     ee_max = float(kolmogorov_encircled_energy(r_used[-1:], nu0)[0])
     measured = 2.5 * math.log10(float(np.prod(1.0 + fr)))

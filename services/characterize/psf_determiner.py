@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from calexpress.config import Config, Field, ListField
+from scipy.spatial import cKDTree
 
 from .moments import adaptive_moments
 from .resample import lanczos_matrix, resample_stamp
@@ -83,6 +84,16 @@ class PsfexPsfDeterminerConfig(Config):
     nIterForPsf = Field(dtype=int, default=3, doc="Fit / reject iterations")
     lanczosOrder = Field(dtype=int, default=7, doc="Lanczos order used to resample the star stamps")
     minStars = Field(dtype=int, default=3, doc="Fewest stars needed for a fit")
+    neighbourMaskRadius = Field(
+        dtype=float,
+        default=2.0,
+        doc="calexpress: stamp pixels within this many FWHM of another source get zero weight (0: off)",
+    )
+    neighbourRejectRadius = Field(
+        dtype=float,
+        default=1.5,
+        doc="calexpress: stars with another source within this many FWHM are not used",
+    )
     pixelWeights = Field(
         dtype=bool,
         default=True,
@@ -204,6 +215,7 @@ def fit_pixel_psf(
     fwhm_guess: float,
     bbox_shape: tuple[int, int] | None = None,
     spatial_order: int | None = None,
+    neighbours: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> PsfFitResult:
     """Fit a spatially varying pixel-basis PSF to stars.
 
@@ -224,6 +236,10 @@ def fit_pixel_psf(
         ``(height, width)`` of the detector, for the polynomial scaling (default: image shape).
     spatial_order : `int`, optional
         Override of ``config.spatialOrder``.
+    neighbours : (x, y) arrays, optional
+        Positions of the other sources (e.g. the whole catalog); the stars themselves are always
+        included.  Stamp pixels within ``neighbourMaskRadius`` FWHM of another source get zero weight,
+        and stars with such a source within ``neighbourRejectRadius`` FWHM are not used.
 
     Raises
     ------
@@ -242,6 +258,19 @@ def fit_pixel_psf(
     order = config.lanczosOrder
     badf = bad.astype(np.float32)
 
+    # other sources: positions whose surroundings are masked in every stamp
+    nx_, ny_ = xs, ys
+    if neighbours is not None:
+        nx_ = np.concatenate([xs, np.asarray(neighbours[0], float)])
+        ny_ = np.concatenate([ys, np.asarray(neighbours[1], float)])
+    okn = np.isfinite(nx_) & np.isfinite(ny_)
+    nx_, ny_ = nx_[okn], ny_[okn]
+    r_mask = config.neighbourMaskRadius * fwhm_guess
+    r_reject = config.neighbourRejectRadius * fwhm_guess
+    tree = cKDTree(np.c_[nx_, ny_]) if len(nx_) and r_mask > 0 else None
+    grid_off = (np.arange(nmod) - nmod // 2) * sampling
+    reach = (nmod // 2) * sampling * np.sqrt(2) + r_mask
+
     # 1. resample every star onto the model grid
     data, wts, keep_idx = [], [], []
     for i in range(nstar_in):
@@ -251,6 +280,15 @@ def fit_pixel_psf(
         stamp, sl, wy, wx = res
         var = np.abs(wy) @ variance[sl] @ np.abs(wx).T
         contaminated = (np.abs(wy) @ badf[sl] @ np.abs(wx).T) > 0
+        if tree is not None:
+            near = [j for j in tree.query_ball_point([xs[i], ys[i]], reach)]
+            dxn = nx_[near] - xs[i]
+            dyn = ny_[near] - ys[i]
+            other = np.hypot(dxn, dyn) > 1e-3  # not the star itself
+            if np.any(np.hypot(dxn, dyn)[other] < r_reject):
+                continue
+            for ox, oy in zip(dxn[other], dyn[other]):
+                contaminated |= (grid_off[None, :] - ox) ** 2 + (grid_off[:, None] - oy) ** 2 < r_mask**2
         w = np.where(contaminated | ~(var > 0), 0.0, 1.0 / np.where(var > 0, var, 1.0))
         if not np.all(np.isfinite(stamp[w > 0])):
             continue

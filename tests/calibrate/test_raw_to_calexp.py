@@ -57,6 +57,9 @@ def test_raw_to_calexp_against_truth(simcam_dir, simcam_refcat_dir, frame):
     md = exp.metadata
     assert md["MAGZERO_NOBJ"] >= 50
     dz = md["MAGZERO"] - fr.truth["photometry"]["zp_e_per_s"]
-    assert abs(dz) <= 0.006, f"MAGZERO - truth = {1000 * dz:.1f} mmag"
+    # issue 5, acceptance 2: within 5 mmag of the truth (measured -0.2 / -3.3 / +1.3 mmag); the 12-px ->
+    # total term from the stacked curve of growth is 16-35 mmag (truth PSF: 34.2 / 27.9 / 16.1)
+    assert abs(dz) <= 0.005, f"MAGZERO - truth = {1000 * dz:.1f} mmag"
+    assert 0.012 < md["MAGZERO_APCORR"] < 0.040
     assert md["NPSFSTAR"] > 10 and "calib_psf_used" in res.sourceCat.colnames
     assert res.sourceCat["calib_psf_used"].sum() >= 0.8 * md["NPSFSTAR"]
