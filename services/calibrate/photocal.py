@@ -5,6 +5,11 @@ the mode of a 20-bin histogram, later ones on the median, keeping ``|dmag − ce
 nSigma·min(σ, sigmaMax)``; the zero point is the inverse-variance weighted mean of the kept
 stars.  Colour terms (`ColortermLibrary`, per reference catalog and filter) turn reference
 magnitudes into the instrument system: ``mag = p + c0 + c1 (p − s) + c2 (p − s)²``.
+
+calexpress addition (``apertureToTotal``): the zero point refers to the 12-px calibration aperture,
+which misses 1-4 % of a star's light; ``"catalog"`` measures that from a stacked curve of growth of
+the calibration stars (rings 12-17-25 px) and extrapolates beyond 25 px with a fitted Kolmogorov
+(seeing) profile (`curve_of_growth_correction`); CalibrateTask adds it to ``MAGZERO`` (total flux).
 """
 
 from __future__ import annotations

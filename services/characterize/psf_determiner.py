@@ -268,7 +268,6 @@ def fit_pixel_psf(
     r_mask = config.neighbourMaskRadius * fwhm_guess
     r_reject = config.neighbourRejectRadius * fwhm_guess
     tree = cKDTree(np.c_[nx_, ny_]) if len(nx_) and r_mask > 0 else None
-    grid_off = (np.arange(nmod) - nmod // 2) * sampling
     reach = (nmod // 2) * sampling * np.sqrt(2) + r_mask
 
     # 1. resample every star onto the model grid
@@ -287,8 +286,15 @@ def fit_pixel_psf(
             other = np.hypot(dxn, dyn) > 1e-3  # not the star itself
             if np.any(np.hypot(dxn, dyn)[other] < r_reject):
                 continue
-            for ox, oy in zip(dxn[other], dyn[other]):
-                contaminated |= (grid_off[None, :] - ox) ** 2 + (grid_off[:, None] - oy) ** 2 < r_mask**2
+            if other.any():
+                # the neighbours' disks in the input pixels, spread by the interpolation kernel (its
+                # ringing carries a bright core several pixels along rows and columns)
+                yy = np.arange(sl[0].start, sl[0].stop)[:, None]
+                xx = np.arange(sl[1].start, sl[1].stop)[None, :]
+                disk = np.zeros((len(yy), xx.shape[1]))
+                for ox, oy in zip(nx_[near][other], ny_[near][other]):
+                    disk[(xx - ox) ** 2 + (yy - oy) ** 2 < r_mask**2] = 1.0
+                contaminated |= (np.abs(wy) @ disk @ np.abs(wx).T) > 0.005
         w = np.where(contaminated | ~(var > 0), 0.0, 1.0 / np.where(var > 0, var, 1.0))
         if not np.all(np.isfinite(stamp[w > 0])):
             continue

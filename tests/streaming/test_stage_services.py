@@ -59,6 +59,12 @@ def stream_run(tmp_path_factory, broker, seaweed, simcam_dir, obs_test_repo):
     tmp = tmp_path_factory.mktemp("stages")
     _upload_tree(obs_test_repo, f"{base}/obs_test")
     _simcam_repo(simcam_dir, f"{base}/simcam")
+    # the reference first (a shared working tree may change between runs): processCcd.py on the
+    # same repositories (read from S3), written locally
+    refs = {}
+    for cam in ("obs_test", "simcam"):
+        refs[cam] = tmp / f"pcd-{cam}"
+        _process_ccd(f"{base}/{cam}", refs[cam], dict(os.environ))
     procs = ServiceProcs(tmp, broker, seaweed)
     try:
         for stage in ("isr", "characterize", "calibrate"):
@@ -70,13 +76,6 @@ def stream_run(tmp_path_factory, broker, seaweed, simcam_dir, obs_test_repo):
         dlq = collect(broker.bootstrap, prefix + "raw.dlq", timeout=2, idle=0) + collect(
             broker.bootstrap, prefix + "postisr.dlq", timeout=2, idle=0) + collect(
             broker.bootstrap, prefix + "characterized.dlq", timeout=2, idle=0)
-        # the reference: processCcd.py on the same repositories (read from S3), written locally
-        env = dict(os.environ)
-        refs = {}
-        for cam in ("obs_test", "simcam"):
-            out = tmp / f"pcd-{cam}"
-            _process_ccd(f"{base}/{cam}", out, env)
-            refs[cam] = out
         yield {"events": events, "calexps": [decode_event(m.value) for m in msgs], "dlq": dlq,
                "refs": refs,
                "base": base, "procs": procs}
