@@ -13,8 +13,6 @@ Algorithm (``lsst_processccd.md`` section 2.4):
 6. 8-connected components of ``smoothed >= threshold`` (``scipy.ndimage.label``), ``minPixels``;
    a footprint is kept only if its highest peak reaches ``includeThresholdMultiplier * threshold``;
    peaks = pixels of the smoothed image with no strictly larger 8-neighbour, brightest first;
-   calexpress addition (``doMergeSaturatedPeaks``): saturated pixels count as above threshold, so that a
-   saturated star and its bleed trails form one footprint;
 7. footprints grown by ``int(nSigmaToGrow * sigma + 0.5)`` (disc if ``isotropicGrow``, else the Manhattan
    stencil), touching footprints merged; with ``doMergeSaturatedPeaks`` the peaks within
    ``saturatedPeakRadius`` PSF sigma of a saturated region become one peak at its core (the saturated
@@ -99,12 +97,11 @@ class SourceDetectionConfig(Config):
     doMergeSaturatedPeaks = Field(
         dtype=bool,
         default=True,
-        doc="calexpress: saturated pixels join the footprints (a star and its bleed trails are one "
-        "footprint) and the peaks within saturatedPeakRadius PSF sigma of one saturated region become "
-        "a single peak at the region's core (`calexpress.footprints.merge_saturated_peaks`)",
+        doc="calexpress: the peaks of a footprint within saturatedPeakRadius PSF sigma of one saturated "
+        "region become a single peak at the region's core (`calexpress.footprints.merge_saturated_peaks`)",
     )
     saturatedPeakRadius = Field(
-        dtype=float, default=4.0, doc="calexpress: peak-merging radius around saturated regions, PSF sigma"
+        dtype=float, default=2.0, doc="calexpress: peak-merging radius around saturated regions, PSF sigma"
     )
     saturatedMaskPlanes = ListField(
         dtype=str, default=["SAT"], doc="calexpress: mask planes marking saturated pixels"
@@ -326,7 +323,7 @@ class SourceDetectionTask(Task):
             if not sat.any():
                 sat = None
         if polarity in ("positive", "both"):
-            positive = self._footprints(smoothed, valid, threshold, noise, extra=sat)
+            positive = self._footprints(smoothed, valid, threshold, noise)
         if polarity in ("negative", "both") or cfg.reEstimateBackground:
             negative = self._footprints(-smoothed, valid, threshold, noise)
 
@@ -403,17 +400,10 @@ class SourceDetectionTask(Task):
         return std
 
     def _footprints(
-        self,
-        smoothed: np.ndarray,
-        valid: np.ndarray,
-        threshold: float,
-        noise: float,
-        extra: np.ndarray | None = None,
+        self, smoothed: np.ndarray, valid: np.ndarray, threshold: float, noise: float
     ) -> FootprintSet:
         cfg = self.config
         above = (smoothed >= threshold) & valid
-        if extra is not None:  # saturated pixels: part of their star whatever their interpolated value
-            above |= extra & valid
         labels, n = _label(above)
         fps = FootprintSet.from_labels(labels, smoothed, noise=noise)
         if n == 0:

@@ -942,7 +942,6 @@ def median_variances(var, mask, bad_bits, xs, ys, wxx, wyy, wxy, scale, max_radi
     return out, empty
 
 
-
 def saturated_wing_centroid(
     data: np.ndarray,
     var: np.ndarray,

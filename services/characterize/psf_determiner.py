@@ -7,13 +7,19 @@ grid of step ``sampling`` image pixels and the ``P_k`` are the PSFEx polynomial 
 Fitting (one linear least-squares problem per basis pixel, solved for all pixels at once):
 
 1. every star stamp is Lanczos-resampled onto the model grid centred on the star's centroid (this
-   removes the sub-pixel shift), normalised by the star's flux;
-2. each grid pixel is fitted by a weighted polynomial in (x, y) across the stars; weights are
-   ``1 / (sigma^2 / flux^2 + (tolerance * model)^2)`` (PSFEx's PSF_ACCURACY); bad pixels
-   (``badMaskBits``) get zero weight;
+   removes the sub-pixel shift), normalised by the star's flux; pixels near another star (or a given
+   neighbour) get zero weight, stars with another source within ``neighbourRejectRadius`` are dropped;
+2. each grid pixel is fitted by a weighted polynomial in (x, y) across the stars; with ``pixelWeights``
+   each pixel of each star has the weight ``1 / (sigma^2 / flux^2 + (tolerance * model)^2)`` (its own
+   inverse variance, the star's Poisson noise included, plus PSFEx's PSF_ACCURACY term), else one weight
+   per star ``1 / (1 / SNR^2 + tolerance^2)``; bad pixels (``badMaskBits``) get zero weight;
 3. the fluxes are re-estimated as the linear amplitude of the model, pixels deviating by more than
    ``spatialReject`` sigma are dropped, stars whose chi^2 is an outlier are rejected, and the fit
    is repeated.
+
+Measured on the simcamA truth frames (noise-free truth image, the pipeline's stars): T median within
+0.04 %, RMS <= 0.15 %, e1/e2 RMS <= 0.0006 at the 25 truth grid positions; with noise the errors are at
+the statistical floor of the few (24-56) stars (see ``tests/characterize/test_psf.py``).
 """
 
 from __future__ import annotations
@@ -422,7 +428,8 @@ def _solve_per_pixel(
     with np.errstate(divide="ignore"):
         var_n = np.where(ivar > 0, 1.0 / (np.maximum(ivar, 1e-300) * f[:, None] ** 2), np.inf)
     w = 1.0 / (var_n + (tolerance * np.maximum(model, 0)) ** 2 + 1e-30)
-    floor = 1e-6 * np.median(w[ok & np.isfinite(var_n).all(axis=1)].max(axis=1)) if ok.any() else 0.0
+    finite = np.isfinite(var_n) & ok[:, None]
+    floor = 1e-6 * float(np.median(w[finite])) if finite.any() else 1.0
     w = np.where(np.isfinite(var_n), w, floor) * ok[:, None]
     M = np.einsum("sp,st,su->ptu", w, A, A)  # (npix, nterm, nterm)
     tr = np.trace(M, axis1=1, axis2=2)

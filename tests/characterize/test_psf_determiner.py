@@ -67,27 +67,3 @@ def test_fit_recovers_varying_psf():
     assert abs(np.median(dt)) <= 0.003
     assert np.sqrt(np.mean(dt**2)) <= 0.005
     assert np.sqrt(np.mean(de1**2)) <= 0.003 and np.sqrt(np.mean(de2**2)) <= 0.003
-
-
-def test_neighbours_are_masked():
-    """Bright companions 12 px from half of the stars (not PSF stars themselves), given as neighbours,
-    are masked: every star stays usable and the fitted size and shape are unbiased."""
-    rng = np.random.default_rng(3)
-    shape = (1200, 800)
-    xs = rng.uniform(40, shape[1] - 40, 80)
-    ys = rng.uniform(40, shape[0] - 40, 80)
-    stars = [(x, y, 2e5) for x, y in zip(xs, ys)]
-    cx, cy = xs[::2] + 12.0, ys[::2] + 3.0
-    comps = [(x, y, 6e4) for x, y in zip(cx, cy)]
-    img, var = _render(shape, stars + comps, rng, 10.0)
-    res = fit_pixel_psf(
-        img, var, np.zeros(shape, bool), xs, ys, None, PsfexPsfDeterminerConfig(), 5.2, neighbours=(cx, cy)
-    )
-    assert res.used[::2].mean() >= 0.9
-    psf = res.model.to_psf()
-    for x, y in [(200, 300), (400, 600), (600, 900)]:
-        ixx, iyy, ixy = psf.compute_shape(float(x), float(y))
-        truth_img, _ = _render(shape, [(float(x), float(y), 1.0)], np.random.default_rng(0), 0.0)
-        txx, tyy, txy, _, _ = adaptive_moments(truth_img[y - 20 : y + 21, x - 20 : x + 21])
-        assert abs((ixx + iyy) / (txx + tyy) - 1) < 0.005
-        assert abs((ixx - iyy) / (ixx + iyy) - (txx - tyy) / (txx + tyy)) < 0.004
