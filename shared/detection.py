@@ -335,7 +335,9 @@ class SourceDetectionTask(Task):
             if negative is not None:
                 negative = negative.grow(grow, cfg.isotropicGrow)
         if positive is not None and sat is not None:
-            positive = merge_saturated_peaks(positive, sat, int(cfg.saturatedPeakRadius * sigma + 0.5))
+            positive = merge_saturated_peaks(
+                positive, sat, int(cfg.saturatedPeakRadius * sigma + 0.5), np.asarray(image)
+            )
         if positive is not None:
             positive.set_mask(mask, bit_det)
         if negative is not None:

@@ -367,18 +367,24 @@ class FootprintSet:
         mask[self.labels > 0] |= np.int32(1 << bit)
 
 
-def saturated_cores(sat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def saturated_cores(
+    sat: np.ndarray, image: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Label the saturated regions and locate each one's core.
 
-    A saturated star is a round plateau with bleed trails running along the columns; the plateau is
-    widest in x on the rows through the star's centre.  The core of a region is therefore its row with
-    the most saturated pixels (the median of such rows when several tie) and, on that row, the mean x of
-    the saturated pixels.  This is insensitive to how far the trail bleeds up or down.
+    A saturated star is a plateau with bleed trails running along the columns; the plateau is widest
+    in x on the rows through the star's centre, but a trail can be as wide as the plateau.  The core
+    row is therefore chosen among the rows at least 80 % as wide as the widest one: with ``image``, the
+    row whose unsaturated neighbours (3 pixels left and right of the region, summed over the row and
+    its two neighbours) are brightest -- the star's wings peak at its centre row; without, the median
+    of those rows.  The core x is the mean x of the region's pixels on that row.
 
     Parameters
     ----------
     sat : `numpy.ndarray`
         Boolean image of saturated pixels.
+    image : `numpy.ndarray`, optional
+        The image, to find the centre row from the wings.
 
     Returns
     -------
@@ -389,13 +395,25 @@ def saturated_cores(sat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     """
     labels, n = ndimage.label(sat, structure=np.ones((3, 3), bool))
     labels = labels.astype(np.int32, copy=False)
+    ny, nx = sat.shape
     cx = np.zeros(n, np.int64)
     cy = np.zeros(n, np.int64)
     for k, sl in enumerate(ndimage.find_objects(labels)):
         comp = labels[sl] == k + 1
-        rows = comp.sum(axis=1)
-        best = np.flatnonzero(rows == rows.max())
-        r = int(best[len(best) // 2])
+        width = comp.sum(axis=1)
+        cand = np.flatnonzero(width >= 0.8 * width.max())
+        r = int(cand[len(cand) // 2])
+        if image is not None and cand.size > 1:
+            wing = np.zeros(comp.shape[0])
+            for i in np.flatnonzero(width > 0):
+                xs = np.flatnonzero(comp[i]) + sl[1].start
+                yrow = sl[0].start + i
+                lo, hi = max(xs[0] - 3, 0), min(xs[-1] + 4, nx)
+                vals = np.concatenate([image[yrow, lo : xs[0]], image[yrow, xs[-1] + 1 : hi]])
+                ok = ~np.concatenate([sat[yrow, lo : xs[0]], sat[yrow, xs[-1] + 1 : hi]])
+                wing[i] = float(np.sum(vals[ok & np.isfinite(vals)]))
+            smooth = np.convolve(wing, np.ones(3), mode="same")
+            r = int(cand[np.argmax(smooth[cand])])
         xs = np.flatnonzero(comp[r])
         cy[k] = sl[0].start + r
         cx[k] = sl[1].start + int(round(float(xs.mean())))
@@ -404,47 +422,77 @@ def saturated_cores(sat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return labels, cx, cy
 
 
-def merge_saturated_peaks(fps: FootprintSet, sat: np.ndarray, radius: int) -> FootprintSet:
+def merge_saturated_peaks(
+    fps: FootprintSet, sat: np.ndarray, radius: int, image: np.ndarray | None = None
+) -> FootprintSet:
     """One peak per saturated region: peaks within ``radius`` of a saturated region become one.
 
     The interpolated plateau of a saturated star, its bleed trails and the ring just outside the
     plateau produce several local maxima in the smoothed image; deblending them would split the star
-    into children centred 5-10 pixels away from it.  Every peak of a footprint lying within ``radius``
-    pixels of the same saturated region (see `saturated_cores`) is replaced by a single peak at the
-    region's core, keeping the brightest peak's value and significance.  Peaks of other footprints and
-    peaks away from saturated regions are unchanged.
+    into children centred 5-10 pixels away from it.  Two steps:
 
-    Returns a new `FootprintSet` (same labels and pixels).
+    1. a footprint all of whose peaks lie within ``radius`` of saturated regions whose cores (see
+       `saturated_cores`) are in one other footprint joins that footprint (a detached piece of a bleed
+       trail belongs to its star);
+    2. the peaks of a footprint within ``radius`` pixels of the same saturated region are replaced by a
+       single peak at the region's core (when the core is in that footprint), keeping the brightest
+       peak's value and significance.
+
+    Peaks away from saturated regions are unchanged.  ``image`` helps to find the cores
+    (`saturated_cores`).  Returns a new `FootprintSet`.
     """
     if len(fps) == 0 or not np.any(sat):
         return fps
-    labels, core_x, core_y = saturated_cores(sat)
+    sat_labels, core_x, core_y = saturated_cores(sat, image)
     if radius > 0:
         yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
-        disc = xx * xx + yy * yy <= radius * radius
-        grown = ndimage.grey_dilation(labels, footprint=disc)
+        grown = ndimage.grey_dilation(sat_labels, footprint=xx * xx + yy * yy <= radius * radius)
     else:
-        grown = labels
+        grown = sat_labels
     comp = grown[fps.peak_y, fps.peak_x]
+    core_fp = fps.labels[core_y, core_x].astype(np.int64) - 1  # footprint holding each core (-1: none)
+    n = len(fps)
+    # --- 1. detached pieces of saturated regions join the footprint holding the core
+    target = np.arange(n)
+    for f in range(n):
+        cs = comp[fps.peak_start[f] : fps.peak_start[f + 1]]
+        if cs.size == 0 or np.any(cs == 0):
+            continue
+        owners = set(core_fp[cs - 1].tolist())
+        if len(owners) == 1:
+            g = owners.pop()
+            if g >= 0 and g != f:
+                target[f] = g
+    labels, bboxes, npix, pfp = fps.labels, fps.bboxes, fps.npix, fps.peak_footprint
+    if np.any(target != np.arange(n)):
+        for _ in range(n):  # resolve chains f -> g -> h
+            nxt = target[target]
+            if np.array_equal(nxt, target):
+                break
+            target = nxt
+        roots = np.unique(target)
+        newidx = np.full(n, -1, np.int64)
+        newidx[roots] = np.arange(roots.size)
+        remap = np.zeros(n + 1, np.int32)
+        remap[1:] = (newidx[target] + 1).astype(np.int32)
+        labels = remap[fps.labels]
+        bboxes, npix = _label_stats(labels, int(roots.size))
+        pfp = newidx[target[fps.peak_footprint]]
+        core_fp = np.where(core_fp >= 0, newidx[target[np.maximum(core_fp, 0)]], -1)
+    order = np.lexsort((-fps.peak_value, pfp))
+    pfp, comp = pfp[order], comp[order]
+    px, py = fps.peak_x[order].copy(), fps.peak_y[order].copy()
+    val, sig = fps.peak_value[order], fps.peak_significance[order]
+    # --- 2. one peak per (footprint, saturated region), at the region's core
     keep = np.ones(comp.size, bool)
-    px, py = fps.peak_x.copy(), fps.peak_y.copy()
     seen: set[tuple[int, int]] = set()
-    for j in np.flatnonzero(comp > 0):  # peaks are sorted by footprint, brightest first
-        key = (int(fps.peak_footprint[j]), int(comp[j]))
+    for j in np.flatnonzero(comp > 0):  # sorted by footprint, brightest first
+        key = (int(pfp[j]), int(comp[j]))
         if key in seen:
             keep[j] = False
             continue
         seen.add(key)
         k = int(comp[j]) - 1
-        if fps.labels[core_y[k], core_x[k]] == key[0] + 1:
+        if core_fp[k] == key[0]:
             px[j], py[j] = core_x[k], core_y[k]
-    return FootprintSet(
-        fps.labels,
-        fps.bboxes,
-        fps.npix,
-        fps.peak_footprint[keep],
-        px[keep],
-        py[keep],
-        fps.peak_value[keep],
-        fps.peak_significance[keep],
-    )
+    return FootprintSet(labels, bboxes, npix, pfp[keep], px[keep], py[keep], val[keep], sig[keep])

@@ -952,7 +952,7 @@ def saturated_wing_centroid(
     x0: int = 0,
     y0: int = 0,
     radius: int | None = None,
-    search: int = 10,
+    search: int = 20,
 ) -> tuple[float, float, float, float, bool]:
     """Centroid of a saturated star from the symmetry of its unsaturated wings.
 
@@ -964,6 +964,9 @@ def saturated_wing_centroid(
     within ``radius`` of ``c``; the minimum is refined by a parabola through its neighbours on each
     axis.  Unlike a PSF fit this needs no model of the PSF's far wings.
 
+    The pixels compared are the usable ones within ``radius`` of the start; their mirrors must lie in
+    the stamp, so the stamp should reach ``radius + search`` pixels beyond the start on every side.
+
     Parameters
     ----------
     data, var : `numpy.ndarray`
@@ -973,6 +976,8 @@ def saturated_wing_centroid(
         bool, pixels that may enter the comparison.
     psf : `calexpress.psf.Psf`
         Sets the default radius (half the PSF image size).
+    search : `int`
+        Search half-width in half pixels.
     x_start, y_start : `float`
         Start, frame coordinates (e.g. the saturated core).
 
@@ -990,26 +995,25 @@ def saturated_wing_centroid(
     v = np.asarray(var, np.float64)
     ok = usable & np.isfinite(d) & np.isfinite(v) & (v > 0)
     sx, sy = int(round(2 * (x_start - x0))), int(round(2 * (y_start - y0)))
+    # a fixed set of pixels (usable, within r of the start); their mirrors must be usable too
+    gy, gx = np.mgrid[:ny, :nx]
+    inside = ok & ((2 * gx - sx) ** 2 + (2 * gy - sy) ** 2 <= 4 * r * r)
+    py_, px_ = np.nonzero(inside)
+    dp, vp = d[py_, px_], v[py_, px_]
     ns = 2 * search + 1
     cost = np.full((ns, ns), np.inf)
     npairs = np.zeros((ns, ns), np.int64)
     for j, cy2 in enumerate(range(sy - search, sy + search + 1)):
+        my = cy2 - py_
         for i, cx2 in enumerate(range(sx - search, sx + search + 1)):
-            ya = max(int(np.ceil(cy2 / 2 - r)), 0, cy2 - (ny - 1))
-            yb = min(int(np.floor(cy2 / 2 + r)), ny - 1, cy2)
-            xa = max(int(np.ceil(cx2 / 2 - r)), 0, cx2 - (nx - 1))
-            xb = min(int(np.floor(cx2 / 2 + r)), nx - 1, cx2)
-            if yb <= ya or xb <= xa:
-                continue
-            sl = np.s_[ya : yb + 1, xa : xb + 1]
-            ml = np.s_[cy2 - yb : cy2 - ya + 1, cx2 - xb : cx2 - xa + 1]
-            a, va, oa = d[sl], v[sl], ok[sl]
-            b, vb, ob = d[ml][::-1, ::-1], v[ml][::-1, ::-1], ok[ml][::-1, ::-1]
-            m = oa & ob
+            mx = cx2 - px_
+            m = (mx >= 0) & (mx < nx) & (my >= 0) & (my < ny)
+            m[m] &= ok[my[m], mx[m]]
             k = int(m.sum())
             if k < 40:
                 continue
-            cost[j, i] = float(np.sum((a[m] - b[m]) ** 2 / (va[m] + vb[m]))) / k
+            dm, vm = d[my[m], mx[m]], v[my[m], mx[m]]
+            cost[j, i] = float(np.sum((dp[m] - dm) ** 2 / (vp[m] + vm))) / k
             npairs[j, i] = k
     if not np.isfinite(cost).any():
         return float(x_start), float(y_start), float("nan"), float("nan"), True

@@ -618,7 +618,7 @@ class SingleFrameMeasurementTask(Task):
                     exs = np.asarray(out["base_SdssCentroid_xErr"][0]).copy()
                     eys = np.asarray(out["base_SdssCentroid_yErr"][0]).copy()
                     for k in np.flatnonzero(ctr_sat):
-                        h = psf_half + 1
+                        h = psf_half + 22  # fit radius + the 10-px search + margin
                         jx, jy = int(round(pxl[k])), int(round(pyl[k]))
                         sl = np.s_[max(jy - h, 0) : jy + h + 1, max(jx - h, 0) : jx + h + 1]
                         lab = labels[sl]

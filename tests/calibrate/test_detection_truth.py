@@ -175,3 +175,56 @@ def test_detection_completeness_and_false_detections_real_chain(chain_results):
     assert c55.mean() >= 0.50
     assert c10.mean() >= 0.95
     assert n_false <= 0.01 * n_bright
+
+
+def _saturated_star(shape, x, y, sigma, flux, full_well, trail_up, trail_down):
+    """Noise-free Gaussian star clipped at ``full_well``; SAT mask = the plateau plus bleed trails
+    (columns through the plateau extended by ``trail_up``/``trail_down`` rows, values set to full well)."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    img = flux / (2 * np.pi * sigma**2) * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2))
+    sat = img >= full_well
+    cols = np.flatnonzero(sat.any(axis=0))
+    rows = np.flatnonzero(sat.any(axis=1))
+    sat[rows[-1] + 1 : rows[-1] + 1 + trail_up, cols[0] : cols[-1] + 1] = True
+    sat[max(rows[0] - trail_down, 0) : rows[0], cols[0] : cols[-1] + 1] = True
+    img[sat] = full_well
+    return img, sat
+
+
+def test_saturated_wing_centroid_recovers_centre():
+    from calexpress.measure_plugins import saturated_wing_centroid
+    from calexpress.psf import GaussianPsf
+
+    rng = np.random.default_rng(3)
+    for x, y in ((60.3, 58.7), (61.8, 60.2)):
+        img, sat = _saturated_star((120, 120), x, y, 2.0, 3e6, 8e4, trail_up=25, trail_down=4)
+        var = img + 100.0
+        noisy = img + rng.normal(size=img.shape) * np.sqrt(var)
+        usable = ~ndimage.binary_dilation(sat, iterations=1)
+        # start from the plateau's far end, 5 px away, as a first moment of the trail would
+        xc, yc, ex, ey, failed = saturated_wing_centroid(noisy, var, usable, GaussianPsf(2.0, 41), x, y + 6)
+        assert not failed
+        assert abs(xc - x) < 0.05 and abs(yc - y) < 0.05, (xc - x, yc - y)
+        assert 0 < ex < 0.05 and 0 < ey < 0.05
+
+
+def test_merge_saturated_peaks_one_peak_at_core():
+    from calexpress.footprints import FootprintSet, merge_saturated_peaks
+
+    img, sat = _saturated_star((120, 120), 60.0, 50.0, 2.0, 3e6, 8e4, trail_up=45, trail_down=0)
+    labels = np.zeros(img.shape, np.int32)
+    labels[35:66, 45:76] = 1  # the star
+    labels[85:95, 58:63] = 2  # a detached piece of its bleed trail
+    labels[10:20, 10:20] = 3  # an unrelated source
+    # spurious maxima on the plateau ring and the trail, plus the unrelated source's peak
+    px = np.array([57, 63, 60, 60, 15])
+    py = np.array([50, 50, 56, 90, 15])
+    fps = FootprintSet.from_labels(labels, img, peaks=(px, py))
+    assert list(fps.n_peaks) == [3, 1, 1]
+    out = merge_saturated_peaks(fps, sat, 2, img)
+    assert len(out) == 2 and list(out.n_peaks) == [1, 1]
+    star = int(out.labels[50, 60]) - 1
+    assert out.labels[90, 60] == star + 1  # the trail piece joined the star
+    pk = out.peaks(star)
+    assert (int(pk["x"][0]), int(pk["y"][0])) == (60, 50)
+    assert out.npix[star] == fps.npix[0] + fps.npix[1]

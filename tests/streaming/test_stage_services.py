@@ -40,11 +40,22 @@ def _simcam_repo(simcam_dir: Path, repo: str) -> None:
             storage.put_local_file(path, f"{repo}/ref_cats/{name}/{os.path.basename(path)}")
 
 
-def _process_ccd(repo: str, out: Path, env: dict) -> None:
+def _photo_cat_name(camera: str) -> str:
+    from calexpress.camera import get_camera
+    from calexpress.pipeline.cmdline import apply_camera_overrides
+    from calexpress.pipeline.processCcd import ProcessCcdConfig
+
+    config = ProcessCcdConfig()
+    apply_camera_overrides(config, get_camera(camera))
+    return config.calibrate.photoRefObjLoader.ref_dataset_name
+
+
+def _process_ccd(repo: str, out: Path, env: dict, camera: str) -> None:
     exe = Path(sys.executable).parent / "processCcd.py"
-    # photoCatName given explicitly: CalibrateTask sets it at run time, which a frozen config refuses
+    # photoCatName given explicitly (the value CalibrateTask would set at run time, which processCcd.py's
+    # frozen config refuses)
     res = subprocess.run([str(exe), repo, "--output", str(out), "--id", "-c",
-                          "calibrate.photoCal.photoCatName=cal_ref_cat"],
+                          f"calibrate.photoCal.photoCatName={_photo_cat_name(camera)}"],
                          capture_output=True, text=True, timeout=900, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
 
@@ -64,7 +75,7 @@ def stream_run(tmp_path_factory, broker, seaweed, simcam_dir, obs_test_repo):
     refs = {}
     for cam in ("obs_test", "simcam"):
         refs[cam] = tmp / f"pcd-{cam}"
-        _process_ccd(f"{base}/{cam}", refs[cam], dict(os.environ))
+        _process_ccd(f"{base}/{cam}", refs[cam], dict(os.environ), "simcamA" if cam == "simcam" else cam)
     procs = ServiceProcs(tmp, broker, seaweed)
     try:
         for stage in ("isr", "characterize", "calibrate"):
