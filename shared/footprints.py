@@ -422,6 +422,32 @@ def saturated_cores(
     return labels, cx, cy
 
 
+@numba.njit(cache=True, nogil=True)
+def _disk_max_at(labels, px, py, radius):  # pragma: no cover - compiled
+    """``max(labels[y, x])`` over the disk ``(x-px)^2 + (y-py)^2 <= radius^2`` inside the image, per peak.
+
+    Equal to ``ndimage.grey_dilation(labels, footprint=disk)[py, px]`` (its default ``reflect`` border
+    only repeats pixels that are already inside the disk).
+    """
+    ny, nx = labels.shape
+    out = np.zeros(px.size, np.int32)
+    r2 = radius * radius
+    for p in range(px.size):
+        x0 = px[p]
+        y0 = py[p]
+        best = labels[y0, x0]
+        for y in range(max(y0 - radius, 0), min(y0 + radius + 1, ny)):
+            dy = y - y0
+            for x in range(max(x0 - radius, 0), min(x0 + radius + 1, nx)):
+                dx = x - x0
+                if dx * dx + dy * dy <= r2:
+                    v = labels[y, x]
+                    if v > best:
+                        best = v
+        out[p] = best
+    return out
+
+
 def merge_saturated_peaks(
     fps: FootprintSet, sat: np.ndarray, radius: int, image: np.ndarray | None = None
 ) -> FootprintSet:
@@ -444,12 +470,14 @@ def merge_saturated_peaks(
     if len(fps) == 0 or not np.any(sat):
         return fps
     sat_labels, core_x, core_y = saturated_cores(sat, image)
-    if radius > 0:
-        yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
-        grown = ndimage.grey_dilation(sat_labels, footprint=xx * xx + yy * yy <= radius * radius)
-    else:
-        grown = sat_labels
-    comp = grown[fps.peak_y, fps.peak_x]
+    # the largest region label within ``radius`` of each peak: a grey dilation of ``sat_labels`` by a
+    # disk, evaluated only at the peaks (the full-frame dilation cost ~0.5 s per call)
+    comp = _disk_max_at(
+        sat_labels,
+        np.ascontiguousarray(fps.peak_x, dtype=np.int64),
+        np.ascontiguousarray(fps.peak_y, dtype=np.int64),
+        max(int(radius), 0),
+    )
     core_fp = fps.labels[core_y, core_x].astype(np.int64) - 1  # footprint holding each core (-1: none)
     n = len(fps)
     # --- 1. detached pieces of saturated regions join the footprint holding the core

@@ -942,6 +942,35 @@ def median_variances(var, mask, bad_bits, xs, ys, wxx, wyy, wxy, scale, max_radi
     return out, empty
 
 
+@numba.njit(cache=True, nogil=True)
+def _symmetry_cost(d, v, ok, py_, px_, dp, vp, sx, sy, search):  # pragma: no cover - compiled
+    """Point-symmetry cost of `saturated_wing_centroid` on the (2 search + 1)^2 half-pixel grid."""
+    ny, nx = d.shape
+    ns = 2 * search + 1
+    cost = np.full((ns, ns), np.inf)
+    npairs = np.zeros((ns, ns), np.int64)
+    npx = py_.size
+    for j in range(ns):
+        cy2 = sy - search + j
+        for i in range(ns):
+            cx2 = sx - search + i
+            k = 0
+            acc = 0.0
+            for p in range(npx):
+                my = cy2 - py_[p]
+                mx = cx2 - px_[p]
+                if mx < 0 or mx >= nx or my < 0 or my >= ny or not ok[my, mx]:
+                    continue
+                r = dp[p] - d[my, mx]
+                acc += r * r / (vp[p] + v[my, mx])
+                k += 1
+            if k < 40:
+                continue
+            cost[j, i] = acc / k
+            npairs[j, i] = k
+    return cost, npairs
+
+
 def saturated_wing_centroid(
     data: np.ndarray,
     var: np.ndarray,
@@ -1001,20 +1030,9 @@ def saturated_wing_centroid(
     py_, px_ = np.nonzero(inside)
     dp, vp = d[py_, px_], v[py_, px_]
     ns = 2 * search + 1
-    cost = np.full((ns, ns), np.inf)
-    npairs = np.zeros((ns, ns), np.int64)
-    for j, cy2 in enumerate(range(sy - search, sy + search + 1)):
-        my = cy2 - py_
-        for i, cx2 in enumerate(range(sx - search, sx + search + 1)):
-            mx = cx2 - px_
-            m = (mx >= 0) & (mx < nx) & (my >= 0) & (my < ny)
-            m[m] &= ok[my[m], mx[m]]
-            k = int(m.sum())
-            if k < 40:
-                continue
-            dm, vm = d[my[m], mx[m]], v[my[m], mx[m]]
-            cost[j, i] = float(np.sum((dp[m] - dm) ** 2 / (vp[m] + vm))) / k
-            npairs[j, i] = k
+    cost, npairs = _symmetry_cost(
+        d, v, ok, py_.astype(np.int64), px_.astype(np.int64), dp, vp, int(sx), int(sy), int(search)
+    )
     if not np.isfinite(cost).any():
         return float(x_start), float(y_start), float("nan"), float("nan"), True
     j, i = np.unravel_index(np.argmin(cost), cost.shape)

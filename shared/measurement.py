@@ -610,7 +610,19 @@ class SingleFrameMeasurementTask(Task):
                     unusable = sum(1 << planes[nm] for nm in cfg.saturatedWingBadMaskPlanes if nm in planes)
                     from scipy import ndimage as _ndi
 
-                    usable = ~_ndi.binary_dilation((mask & unusable) != 0, iterations=1)
+                    fny, fnx = mask.shape
+
+                    def usable_in(ys: slice, xs: slice) -> np.ndarray:
+                        # ~binary_dilation((mask & unusable) != 0) on the stamp only: dilate a stamp one
+                        # pixel larger (clipped to the frame, whose outside counts as usable) and crop
+                        ya, yb = max(ys.start - 1, 0), min(ys.stop + 1, fny)
+                        xa, xb = max(xs.start - 1, 0), min(xs.stop + 1, fnx)
+                        big = _ndi.binary_dilation((mask[ya:yb, xa:xb] & unusable) != 0, iterations=1)
+                        return ~big[
+                            ys.start - ya : ys.start - ya + (min(ys.stop, fny) - ys.start),
+                            xs.start - xa : xs.start - xa + (min(xs.stop, fnx) - xs.start),
+                        ]
+
                     psf_half = psf.compute_kernel_image(*psf.average_position()).shape[0] // 2
                     cx, cy = cx.copy(), cy.copy()
                     xs = np.asarray(out["base_SdssCentroid_x"][0], np.float64).copy()
@@ -623,7 +635,8 @@ class SingleFrameMeasurementTask(Task):
                         sl = np.s_[max(jy - h, 0) : jy + h + 1, max(jx - h, 0) : jx + h + 1]
                         lab = labels[sl]
                         data = np.where((lab == own[k]) | (lab == 0), img[sl], nr[sl])
-                        use = usable[sl] & (lab == own[k]) if child_npix is not None else usable[sl]
+                        usable = usable_in(*sl)
+                        use = usable & (lab == own[k]) if child_npix is not None else usable
                         xw, yw, exw, eyw, fail = mp.saturated_wing_centroid(
                             data,
                             var[sl],

@@ -7,13 +7,23 @@ A pixel is a cosmic-ray candidate (Shimasaku / Lupton SDSS algorithm) when
 * (c3) it is sharper than the PSF allows: for some direction with PSF ratio
   ``r = P(neighbour) / P(centre)``, ``cond3_fac2 * r * (p - cond3_fac * sigma) > mean_pair +
   cond3_fac * sigma_pair``;
-* (c4) it is not BAD/SAT/INTRP/NO_DATA and has no INTRP neighbour.
+* (c4) it is not BAD/SAT/INTRP/NO_DATA.  Unlike LSST's ``CR.cc``, a pixel next to such pixels is
+  still examined, with only its usable neighbours: a pair with one unusable member is replaced by
+  the other member alone, whose PSF ratio is taken as ``r**2`` (a star may be centred half a pixel
+  away from it; ``P(1.5)/P(0.5) = r**2`` for a Gaussian) and counts only when the pixel is a
+  local maximum of its usable neighbours (on a star's wing the neighbour down the slope falls
+  faster than any PSF ratio) and the pixel beyond the unusable member is usable and fainter (no star
+  hidden behind the bad pixels); otherwise the pair is skipped.  The growth passes then add
+  the rest of a track.  So a
+  cosmic ray running along an interpolated bad column is still found.
 
 Candidates are joined into 8-connected groups; (c1) a group is kept if its summed flux above the
 background reaches ``min_DN``.  ``niteration`` passes then add neighbouring pixels that exceed the
 interpolated estimate by ``minSigma / 2`` sigma (the wings of a track).  Unless ``keepCRs``, the CR
 pixels are replaced by a Gaussian-weighted average of the surrounding good pixels and flagged
-CR | INTRP.
+CR | INTRP.  ISR-interpolated (INTRP) row runs whose interpolation used pixels now flagged CR
+(``intrpWidth`` pixels on either side) are then interpolated again the way ISR does, from the good
+non-CR pixels only, so no cosmic-ray charge survives in interpolated columns.
 
 The candidate search is one numba pass over the image (~40 ms for 2k x 4k); astroscrappy (L.A.Cosmic)
 takes 10-30 s on a 4k x 4k frame and is not used.
@@ -43,6 +53,15 @@ class FindCosmicRaysConfig(Config):
     niteration = Field(dtype=int, default=3, doc="Passes growing CRs into their neighbours")
     keepCRs = Field(dtype=bool, default=False, doc="Keep the CR pixel values (only set the mask)")
     interpSigma = Field(dtype=float, default=1.5, doc="Gaussian sigma (pixels) of the replacement average")
+    intrpWidth = Field(
+        dtype=int,
+        default=2,
+        doc="calexpress: ISR interpolationWidth; INTRP row runs with a CR pixel among the this many "
+        "pixels on either side are re-interpolated from the good non-CR pixels (0: never)",
+    )
+    intrpReach = Field(
+        dtype=int, default=8, doc="calexpress: at most this many pixels walked past CR pixels for that"
+    )
 
 
 class RepairConfig(Config):
@@ -53,9 +72,52 @@ class RepairConfig(Config):
     cosmicray = ConfigField(dtype=FindCosmicRaysConfig, doc="Cosmic-ray finder")
 
 
+@numba.njit(cache=True, inline="always")
+def _pair(img, var, badmask, y, x, dy, dx, bkgd):  # pragma: no cover - compiled
+    """Mean (above ``bkgd``) and its sigma of the usable members of the pair ``(y, x) -/+ (dy, dx)``.
+
+    Returns ``(mean, sigma, n_usable)``."""
+    ya, xa, yb, xb = y - dy, x - dx, y + dy, x + dx
+    a = not badmask[ya, xa]
+    b = not badmask[yb, xb]
+    if a and b:
+        return (
+            0.5 * (img[ya, xa] + img[yb, xb]) - bkgd,
+            0.5 * np.sqrt(max(var[ya, xa] + var[yb, xb], 0.0)),
+            2,
+        )
+    # one usable member: the pixel beyond the unusable one must be usable and fainter than the
+    # centre (else a star may lie behind the bad pixels); then the usable member alone is the estimate
+    ny, nx = img.shape
+    if a:
+        yc, xc = y + 2 * dy, x + 2 * dx
+    elif b:
+        yc, xc = y - 2 * dy, x - 2 * dx
+    else:
+        return 0.0, 0.0, 0
+    if yc < 0 or yc >= ny or xc < 0 or xc >= nx or badmask[yc, xc] or img[yc, xc] >= img[y, x]:
+        return 0.0, 0.0, 0
+    if a:
+        return img[ya, xa] - bkgd, np.sqrt(max(var[ya, xa], 0.0)), 1
+    return img[yb, xb] - bkgd, np.sqrt(max(var[yb, xb], 0.0)), 1
+
+
+@numba.njit(cache=True, inline="always")
+def _sharp(p, q, thr, m, sm, n, thr2, thr1, c3fac, is_max):  # pragma: no cover - compiled
+    """Conditions 2 and 3 for one direction (``n`` usable neighbours: ratio ``thr2`` or ``thr1``).
+
+    A one-sided direction counts only at a local maximum (``is_max``): on a star's wing the
+    neighbour down the slope falls faster than any PSF ratio allows."""
+    if n == 0 or (n == 1 and not is_max):
+        return False, False
+    c2 = p > m + thr
+    c3 = (thr2 if n == 2 else thr1) * q > m + c3fac * sm
+    return c2, c3
+
+
 @numba.njit(cache=True)
 def _candidates(
-    img, var, badmask, intrp, bkgd, min_sigma, c3fac, thr_h, thr_v, thr_d, out
+    img, var, badmask, bkgd, min_sigma, c3fac, thr_h, thr_v, thr_d, thr1_h, thr1_v, thr1_d, out
 ):  # pragma: no cover
     ny, nx = img.shape
     for y in range(1, ny - 1):
@@ -67,36 +129,24 @@ def _candidates(
             if not (v > 0):
                 continue
             s = np.sqrt(v)
-            if p < min_sigma * s:
-                continue
-            # condition 2: exceed the mean of some opposite pair
-            m_h = 0.5 * (img[y, x - 1] + img[y, x + 1]) - bkgd
-            m_v = 0.5 * (img[y - 1, x] + img[y + 1, x]) - bkgd
-            m_d1 = 0.5 * (img[y - 1, x - 1] + img[y + 1, x + 1]) - bkgd
-            m_d2 = 0.5 * (img[y - 1, x + 1] + img[y + 1, x - 1]) - bkgd
             thr = min_sigma * s
-            if not (p > m_h + thr or p > m_v + thr or p > m_d1 + thr or p > m_d2 + thr):
+            if p < thr:
                 continue
-            # condition 3: sharper than the PSF in some direction
-            s_h = 0.5 * np.sqrt(max(var[y, x - 1] + var[y, x + 1], 0.0))
-            s_v = 0.5 * np.sqrt(max(var[y - 1, x] + var[y + 1, x], 0.0))
-            s_d1 = 0.5 * np.sqrt(max(var[y - 1, x - 1] + var[y + 1, x + 1], 0.0))
-            s_d2 = 0.5 * np.sqrt(max(var[y - 1, x + 1] + var[y + 1, x - 1], 0.0))
             q = p - c3fac * s
-            if not (
-                thr_h * q > m_h + c3fac * s_h
-                or thr_v * q > m_v + c3fac * s_v
-                or thr_d * q > m_d1 + c3fac * s_d1
-                or thr_d * q > m_d2 + c3fac * s_d2
-            ):
-                continue
-            # condition 4: no interpolated neighbour
-            ok = True
+            is_max = True
             for dy in range(-1, 2):
                 for dx in range(-1, 2):
-                    if intrp[y + dy, x + dx]:
-                        ok = False
-            if ok:
+                    if not badmask[y + dy, x + dx] and img[y + dy, x + dx] - bkgd > p:
+                        is_max = False
+            m, sm, n = _pair(img, var, badmask, y, x, 0, 1, bkgd)
+            c2h, c3h = _sharp(p, q, thr, m, sm, n, thr_h, thr1_h, c3fac, is_max)
+            m, sm, n = _pair(img, var, badmask, y, x, 1, 0, bkgd)
+            c2v, c3v = _sharp(p, q, thr, m, sm, n, thr_v, thr1_v, c3fac, is_max)
+            m, sm, n = _pair(img, var, badmask, y, x, 1, 1, bkgd)
+            c2a, c3a = _sharp(p, q, thr, m, sm, n, thr_d, thr1_d, c3fac, is_max)
+            m, sm, n = _pair(img, var, badmask, y, x, 1, -1, bkgd)
+            c2b, c3b = _sharp(p, q, thr, m, sm, n, thr_d, thr1_d, c3fac, is_max)
+            if (c2h or c2v or c2a or c2b) and (c3h or c3v or c3a or c3b):
                 out[y, x] = True
 
 
@@ -160,6 +210,68 @@ def interpolate_pixels(
     )
 
 
+@numba.njit(cache=True)
+def _side_mean(image, badmask, crmask, y, x0, step, width, reach):  # pragma: no cover - compiled
+    """Mean of up to ``width`` usable pixels walking from ``x0`` by ``step``; CR pixels are skipped."""
+    nx = image.shape[1]
+    tot = 0.0
+    n = 0
+    x = x0
+    while 0 <= x < nx and n < width and abs(x - x0) < reach and not badmask[y, x]:
+        if not crmask[y, x]:
+            v = image[y, x]
+            if v == v:
+                tot += v
+                n += 1
+        x += step
+    return tot, n
+
+
+@numba.njit(cache=True)
+def _reinterpolate_rows(image, intrp, badmask, crmask, rows, width, reach):  # pragma: no cover
+    """Redo ISR's row interpolation of INTRP runs that used CR pixels, from the good non-CR pixels.
+
+    For each row in ``rows``, an INTRP run whose ``width`` pixels on either side (ISR's
+    ``interpolationWidth``) hold a CR pixel is bridged linearly between the means of up to ``width``
+    good, non-CR pixels on each side (walking at most ``reach`` pixels past CR pixels), as
+    `calexpress.isr.isrFunctions.interpolate_over_mask` does.  Returns the number of pixels redone.
+    """
+    nx = image.shape[1]
+    nre = 0
+    for k in range(len(rows)):
+        y = rows[k]
+        x = 0
+        while x < nx:
+            if not intrp[y, x]:
+                x += 1
+                continue
+            x1 = x
+            while x1 < nx and intrp[y, x1]:
+                x1 += 1
+            hit = False
+            for xx in range(max(x - width, 0), x):
+                hit = hit or crmask[y, xx]
+            for xx in range(x1, min(x1 + width, nx)):
+                hit = hit or crmask[y, xx]
+            if hit:
+                left, nl = _side_mean(image, badmask, crmask, y, x - 1, -1, width, reach)
+                right, nr = _side_mean(image, badmask, crmask, y, x1, 1, width, reach)
+                if nl > 0:
+                    left /= nl
+                if nr > 0:
+                    right /= nr
+                for xx in range(x, x1):
+                    if nl > 0 and nr > 0:
+                        t = (xx - x + 1.0) / (x1 - x + 1.0)
+                        image[y, xx] = left + (right - left) * t
+                        nre += 1
+                    elif nl > 0 or nr > 0:
+                        image[y, xx] = left if nl > 0 else right
+                        nre += 1
+            x = x1
+    return nre
+
+
 _DY = np.array([-1, -1, -1, 0, 0, 1, 1, 1])
 _DX = np.array([-1, 0, 1, -1, 1, -1, 0, 1])
 
@@ -213,17 +325,21 @@ def find_cosmic_rays(
         img,
         var,
         badmask,
-        intrp,
         np.float32(background),
         config.minSigma,
         config.cond3_fac,
         f2 * rh,
         f2 * rv,
         f2 * rd,
+        # one usable neighbour: the star may be centred half a pixel away from it, so its ratio
+        # to the centre pixel can be as low as P(1.5)/P(0.5) = r**2 for a Gaussian
+        f2 * rh * rh,
+        f2 * rv * rv,
+        f2 * rd * rd,
         cand,
     )
     crmask = np.zeros(img.shape, bool)
-    ncr = 0
+    ncr = nre = 0
     ys, xs = np.nonzero(cand)
     if len(ys):
         labels, n = ndimage.label(cand, structure=np.ones((3, 3), bool))
@@ -267,7 +383,14 @@ def find_cosmic_rays(
             excl = badmask | crmask
             image[cy, cx] = _fill(img, excl, cy, cx, float(config.interpSigma), 64)
             mask[cy, cx] |= np.int32(bit["INTRP"])
-    return Struct(nCr=int(ncr), nPixels=npix, crMask=crmask)
+            if config.intrpWidth > 0 and intrp.any():
+                rows = np.unique(cy).astype(np.int64)
+                nre = _reinterpolate_rows(
+                    img, intrp, badmask, crmask, rows, int(config.intrpWidth), int(config.intrpReach)
+                )
+                if img is not image:
+                    image[intrp] = img[intrp]
+    return Struct(nCr=int(ncr), nPixels=npix, crMask=crmask, nIntrpRepaired=int(nre))
 
 
 class RepairTask(Task):

@@ -396,6 +396,7 @@ class StageService:
         self._metrics_server: metrics.MetricsServer | None = None
         self._kafka_ok = False
         self.processed = 0
+        self.abandoned = False
 
     # -- lifecycle -------------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -496,6 +497,7 @@ class StageService:
                     break
         except _Abandoned:
             abandoned = True
+            self.abandoned = True
             log.warning("abandoned the current CCD at shutdown; it was not committed")
         finally:
             await self._stop_kafka()
@@ -690,6 +692,10 @@ def run_service(settings: ServiceSettings, factory: Callable[[StageContext], Sta
     finally:
         if server is not None:
             server.stop()
+        if service.abandoned:
+            # the worker thread still runs the abandoned CCD: leave without waiting for it
+            logging.shutdown()
+            os._exit(0)
 
 
 __all__ += ["checksum_of", "decode_dead_letter", "encode_dead_letter", "load_processor_factory",

@@ -130,3 +130,21 @@ def test_sigterm_finishes_current_ccd_and_commits_it(services, broker, raw_files
     msgs = collect(broker.bootstrap, prefix + "postisr", n=3, timeout=60, idle=1.0)
     assert len(msgs) == 3  # nothing lost, nothing announced twice: the finished CCDs were committed
     assert metric_value(again.metrics_port, "calexpress_events_total", stage="isr", outcome="duplicate") == 0
+
+
+def test_sigterm_abandons_a_ccd_that_outlives_the_grace_period(services, broker, raw_files):
+    prefix = unique_prefix()
+    repo = f"s3://calexpress/{prefix.rstrip('.')}"
+    isr = services.start("isr", prefix=prefix, repo=repo, env={"TOY_SLEEP_ISR": "60"}, name="isr-slow",
+                         extra=["--shutdown-grace", "1"])
+    publish_raws(raw_files[:1], broker.bootstrap, prefix + "raw", repo)
+    wait_for(lambda: metric_value(isr.metrics_port, "calexpress_inflight", stage="isr") == 1, 60, 0.05,
+             "isr busy")
+    t0 = time.monotonic()
+    os.kill(isr.pid, signal.SIGTERM)
+    assert isr.wait(15) == 0
+    assert time.monotonic() - t0 < 10  # left after the grace period, not after the 60 s CCD
+    assert collect(broker.bootstrap, prefix + "postisr", timeout=3, idle=0.5) == []
+    # not committed: the next member gets the CCD again and finishes it
+    services.start("isr", prefix=prefix, repo=repo, name="isr-next")
+    assert len(collect(broker.bootstrap, prefix + "postisr", n=1, timeout=60, idle=0.5)) == 1
