@@ -203,20 +203,22 @@ class IsrTask(Task):
         butler = getattr(sensorRef, "butler", None)
         camera = getattr(butler, "camera", None) if butler is not None else None
 
-        def optional(name: str):
-            try:
-                if sensorRef.datasetExists(name):
-                    return sensorRef.get(name)
-            except Exception as exc:  # noqa: BLE001 - an optional calib that cannot be read is a warning
-                self.log.warning("cannot read %s for %s: %s", name, getattr(sensorRef, "dataId", ""), exc)
+        def calib(name: str, required: bool):
+            # A product that exists but cannot be read is an error, never silently skipped.
+            if required or sensorRef.datasetExists(name):
+                return sensorRef.get(name)  # CalibNotFoundError / FitsReadError name the product
             return None
 
-        bias = sensorRef.get(cfg.biasDataProductName) if cfg.doBias else None
-        dark = sensorRef.get(cfg.darkDataProductName) if cfg.doDark else None
-        flat = sensorRef.get(cfg.flatDataProductName) if cfg.doFlat else None
-        defects = optional("defects") if cfg.doDefect else None
-        linearizer = optional("linearizer") if cfg.doLinearize else None
-        crosstalk = optional("crosstalk") if cfg.doCrosstalk else None
+        detector = raw.detector
+        bias = calib(cfg.biasDataProductName, True) if cfg.doBias else None
+        dark = calib(cfg.darkDataProductName, True) if cfg.doDark else None
+        flat = calib(cfg.flatDataProductName, True) if cfg.doFlat else None
+        # Defects are required unless the camera YAML lists static defects for this detector;
+        # linearity and crosstalk fall back to the camera's own coefficients.
+        static_defects = bool(getattr(detector, "defects", None))
+        defects = calib("defects", not static_defects) if cfg.doDefect else None
+        linearizer = calib("linearizer", False) if cfg.doLinearize else None
+        crosstalk = calib("crosstalk", False) if cfg.doCrosstalk else None
         result = self.run(
             raw,
             bias=bias,

@@ -139,3 +139,45 @@ def test_readme_commands_match_ci():
     ci = (Path(__file__).resolve().parents[2] / ".ci" / "run").read_text()
     assert "processCcd.py examples/obs_test/data/input --output processCcdOut --id" in readme
     assert "python -m pytest" in readme and "python -m pytest" in ci
+
+
+def test_missing_calibration_fails_only_its_data_id(obs_test_repo, tmp_path):
+    """Defects valid only until 1999-02-01: visit 3 (1999-02-19) has no calibration, visits 1-2 do."""
+    import sqlite3
+
+    repo = tmp_path / "input"
+    shutil.copytree(obs_test_repo, repo)
+    for path in repo.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    with sqlite3.connect(repo / "calibRegistry.sqlite3") as db:
+        db.execute("UPDATE defects SET validEnd = '1999-02-01'")
+    out = tmp_path / "out"
+    proc = run_script("processCcd.py", str(repo), "--output", str(out), "--id", "visit=2..3",
+                      "-c", "charImage.psfIterations=1")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if "Failed on dataId" in line]
+    assert len(errors) == 1 and "visit=3" in errors[0] and "defects" in errors[0], proc.stderr[-3000:]
+    butler = Butler(str(out))
+    assert butler.exists("src", visit=2) and not butler.exists("src", visit=3)
+
+
+def test_argfile_with_comments_and_loglevel(obs_test_repo, tmp_path):
+    argfile = tmp_path / "args.txt"
+    argfile.write_text("# processCcd arguments\n--id visit=1^2   # two visits\n--show data\n-L warn\n")
+    proc = run_script("processCcd.py", str(obs_test_repo), "--output", str(tmp_path / "o"), f"@{argfile}")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(d["visit"] for d in _shown_ids(proc.stdout)) == [1, 2]
+    assert "INFO" not in proc.stderr
+
+
+def test_rerun_writes_under_root_rerun(obs_test_repo, tmp_path):
+    root = tmp_path / "repo"
+    shutil.copytree(obs_test_repo, root)
+    for path in root.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    proc = run_script("processCcd.py", str(root), "--rerun", "quick", "--id", "visit=1",
+                      "-c", "charImage.psfIterations=1", "doCalibrate=False")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    butler = Butler(str(root / "rerun" / "quick"))
+    assert butler.exists("icSrc", visit=1)
+    assert not butler.exists("src", visit=1)  # doCalibrate=False stops after characterize
