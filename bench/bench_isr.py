@@ -77,6 +77,8 @@ def main() -> None:
         "raw_float32_bytes": int(raw_bytes),
         "peak_added_over_raw": round(peak / raw_bytes, 2),
         "budget_peak_over_raw": 8.0,
+        # issue 3, acceptance 6: <= 0.5 s on one core (judged on CPU time) and <= 8x the raw's size
+        "within_budget": bool(float(np.median(cpus)) <= 0.5 and peak / raw_bytes <= 8.0),
     }
     print(json.dumps(out, indent=1))
 

@@ -393,15 +393,16 @@ class CalibrateTask(Task):
             raise TaskError("photometric calibration: no reference catalog loader")
         if len(prefCat) == 0:
             raise TaskError("photometric calibration: no reference stars in the field of view")
-        if self.photoCal.config.photoCatName is None and loader is not None:
-            self.photoCal.config.photoCatName = loader.config.ref_dataset_name
         matches = direct_match(sourceCat, prefCat, self.photoCal.config.matchRadius)
         if "deblend_nChild" in sourceCat.colnames:
             keep = np.asarray(sourceCat["deblend_nChild"])[matches.i_src] == 0
             matches = Struct(
                 i_src=matches.i_src[keep], i_ref=matches.i_ref[keep], distance=matches.distance[keep]
             )
-        pres = self.photoCal.run(exposure, sourceCat, matches, prefCat, filterName, fluxField)
+        pres = self.photoCal.run(
+            exposure, sourceCat, matches, prefCat, filterName, fluxField,
+            photoCatName=loader.config.ref_dataset_name if loader is not None else None,
+        )
         used = pres.used
         sourceCat["calib_photometry_used"] = used
         sourceCat["calib_photometry_reserved"] = np.zeros(len(sourceCat), bool)

@@ -436,6 +436,7 @@ class PhotoCalTask(Task):
         refCat: Table,
         filterName: str | None = None,
         fluxField: str | None = None,
+        photoCatName: str | None = None,
     ) -> Struct:
         """Compute the zero point.
 
@@ -450,6 +451,9 @@ class PhotoCalTask(Task):
             Camera filter (for the colour term and the refcat flux).
         fluxField : `str`
             Reference flux column (from the loader; e.g. ``r_flux``).
+        photoCatName : `str`, optional
+            Name of the reference catalog, used to pick colour terms when
+            ``config.photoCatName`` is not set.
 
         Returns
         -------
@@ -484,7 +488,7 @@ class PhotoCalTask(Task):
             good &= flux / flux_err > cfg.minSnr
         # Reference magnitudes, colour terms.
         colorterm = None
-        cat_name = cfg.photoCatName or ""
+        cat_name = cfg.photoCatName or photoCatName or ""
         library = self.colortermLibrary()
         if cfg.applyColorTerms is not False and library.data:
             colorterm = library.getColorterm(filterName, cat_name, doRaise=bool(cfg.applyColorTerms))
