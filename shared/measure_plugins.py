@@ -686,6 +686,17 @@ def _row_cumsum(a):  # pragma: no cover - compiled
     return c
 
 
+@numba.njit(inline="always", **_NB)
+def _cumsum_row(a, c, y):  # pragma: no cover - compiled
+    """Row ``y`` of `_row_cumsum` (same summation order), written into ``c``."""
+    nx = a.shape[1]
+    s = 0.0
+    c[y, 0] = 0.0
+    for x in range(nx):
+        s += a[y, x]
+        c[y, x + 1] = s
+
+
 @numba.njit(**_NB)
 def _overlap_moment(dx, dy, r):  # pragma: no cover - compiled
     """First moment (about the pixel centre) of the part of pixel (dx, dy) inside the circle of radius r."""
@@ -742,8 +753,11 @@ def aperture_fluxes(img, nr, labels, own, var, xs, ys, radii, own_bbox, max_exac
     trunc = np.zeros((n, m), np.bool_)
     if n == 0:
         return fl, fe, trunc
-    cimg = _row_cumsum(nr)
-    cvar = _row_cumsum(var)
+    # row cumulative sums, filled lazily: only the rows some aperture reaches are summed (the
+    # full-frame sums cost ~0.06 s per call on an 8-Mpix frame); unfilled rows are never touched
+    cimg = np.empty((ny, nx + 1))
+    cvar = np.empty((ny, nx + 1))
+    row_done = np.zeros(ny, np.bool_)
     half_diag = math.sqrt(0.5)
     for i in range(n):
         xc = xs[i]
@@ -760,6 +774,10 @@ def aperture_fluxes(img, nr, labels, own, var, xs, ys, radii, own_bbox, max_exac
             ya = max(int(math.floor(yc - r + 0.5)), 0)
             yb = min(int(math.floor(yc + r + 0.5)), ny - 1)
             for yy in range(ya, yb + 1):
+                if not row_done[yy]:
+                    _cumsum_row(nr, cimg, yy)
+                    _cumsum_row(var, cvar, yy)
+                    row_done[yy] = True
                 dy = yy - yc
                 ady = abs(dy)
                 if r > max_exact_radius:
