@@ -11,10 +11,10 @@ Every function takes a *location*: a local path (``/data/repo/x.fits``, ``file:/
 One filesystem object is kept per (endpoint, key, process).  Secrets are never logged.
 
 Writes are atomic: `atomic_write` writes a local temporary file first; a local target is then put in
-place with `os.replace`, an S3 target is uploaded under a temporary key and copied to its final key, so
-a half-written object is never visible under its final name.  ``CALEXPRESS_S3_WRITE=direct`` uploads
-straight to the final key instead (S3 makes an object visible only when its upload completes; saves the
-server-side copy, about a quarter of the time for a 4k x 4k calexp).
+place with `os.replace`; an S3 target is uploaded straight to its final key (S3 makes an object visible
+only when its PUT or multipart upload completes, so a half-written object is never visible and no
+server-side copy of the object is needed).  ``CALEXPRESS_S3_WRITE=copy`` uploads under a temporary key
+and copies it to the final key instead, for stores without that guarantee.
 """
 
 from __future__ import annotations
@@ -280,8 +280,11 @@ def atomic_write(
     -----
     Nothing is visible under *url* until the whole content is written: a writer that raises leaves no
     file and no temporary behind.  Local: temporary file in the target folder, then `os.replace`.
-    S3: local temporary file, upload under a temporary key beside the target, server-side copy to the
-    final key, delete the temporary key.
+    S3: the content is written to a local temporary file, then uploaded straight to the final key; S3
+    makes an object visible only once its single PUT (or its multipart upload) has completed, and s3fs
+    aborts a failed multipart upload, so a half-written object is never visible.  Setting
+    ``CALEXPRESS_S3_WRITE=copy`` restores the older upload to a temporary key plus server-side copy
+    (for stores that do not give that guarantee).
     """
     url = os.fspath(url)
     scheme, path = split_url(url)
@@ -319,9 +322,11 @@ def put_local_file(local: str | os.PathLike, url: str | os.PathLike) -> None:
         return
     fs, path = get_filesystem(url)
     parent, _, name = path.rpartition("/")
-    if os.environ.get("CALEXPRESS_S3_WRITE", "copy").lower() == "direct":
-        # S3 shows an object only once its PUT / multipart upload completes (s3fs aborts a failed one)
+    if os.environ.get("CALEXPRESS_S3_WRITE", "direct").lower() != "copy":
+        # S3 shows an object only once its PUT / multipart upload completes (s3fs aborts a failed one):
+        # no temporary key and no server-side copy of the (up to ~100 MB) intermediate
         fs.put_file(os.fspath(local), path)
+        fs.invalidate_cache(parent)
         return
     tmp_key = f"{parent}/{TEMP_PREFIX}{uuid.uuid4().hex}-{name}"
     try:

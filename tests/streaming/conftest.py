@@ -49,3 +49,25 @@ def services(tmp_path, broker, seaweed):
     s.stop_all()
 
 
+
+
+@pytest.fixture(scope="session")
+def obs_test_s3(seaweed, obs_test_repo):
+    """The obs_test Gen2 repository (raws, calibrations, registries) copied once into S3; its URL."""
+    import uuid
+
+    from calexpress import storage
+
+    url = f"s3://calexpress/obs-{uuid.uuid4().hex[:8]}/obs_test"
+    for path in sorted(obs_test_repo.rglob("*")):
+        if path.is_file():
+            storage.put_local_file(str(path), storage.join(url, str(path.relative_to(obs_test_repo))))
+    return url
+
+
+@pytest.fixture(scope="session")
+def obs_test_raws(obs_test_repo):
+    """The three obs_test raw frames."""
+    files = sorted(str(p) for p in (obs_test_repo / "raw").glob("*.fits*"))
+    assert len(files) == 3
+    return files
