@@ -151,8 +151,10 @@ def raw_event(raw: RawAnnouncement, *, repo: str = "", collection: str = "") -> 
 async def _send(brokers: str, topic: str, payloads: Iterable[tuple[bytes | None, bytes]]) -> int:
     from aiokafka import AIOKafkaProducer
 
+    from .kafka_security import kafka_client_kwargs
+
     producer = AIOKafkaProducer(bootstrap_servers=brokers, acks="all", enable_idempotence=False,
-                                max_request_size=8 * 1024 * 1024, linger_ms=5)
+                                max_request_size=8 * 1024 * 1024, linger_ms=5, **kafka_client_kwargs())
     await producer.start()
     n = 0
     try:
@@ -223,10 +225,14 @@ async def _replay(brokers: str, topic: str, rerun: str, *, from_offset: int | No
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
     start_ms = int(time.time() * 1000)
+    from .kafka_security import kafka_client_kwargs
+
+    security = kafka_client_kwargs()
     consumer = AIOKafkaConsumer(bootstrap_servers=brokers, enable_auto_commit=False, group_id=None,
-                                auto_offset_reset="earliest")
+                                auto_offset_reset="earliest", **security)
     await consumer.start()
-    producer = AIOKafkaProducer(bootstrap_servers=brokers, acks="all", enable_idempotence=False, linger_ms=5)
+    producer = AIOKafkaProducer(bootstrap_servers=brokers, acks="all", enable_idempotence=False, linger_ms=5,
+                                **security)
     await producer.start()
     sent: list[Event] = []
     try:

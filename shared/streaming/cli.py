@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-__all__ = ["main", "register_cli", "settings_from_args"]
+__all__ = ["apply_log_level", "main", "register_cli", "settings_from_args"]
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +63,30 @@ def settings_from_args(args: argparse.Namespace):
         metrics_host=args.metrics_host, metrics_port=args.metrics_port, max_attempts=args.max_attempts,
         shutdown_grace=args.shutdown_grace, partitions=args.partitions, config_file=args.config_file,
         processor=args.processor, session_timeout_ms=args.session_timeout_ms,
-        backoff_initial=args.backoff_initial)
+        backoff_initial=args.backoff_initial, log_level=args.log_level,
+        kafka_security_protocol=_env("CALEXPRESS_KAFKA_SECURITY_PROTOCOL") or "PLAINTEXT",
+        kafka_sasl_mechanism=_env("CALEXPRESS_KAFKA_SASL_MECHANISM") or "PLAIN",
+        kafka_username=_env("CALEXPRESS_KAFKA_USERNAME") or None,
+        kafka_password=_env("CALEXPRESS_KAFKA_PASSWORD") or None,
+        kafka_ssl_cafile=_env("CALEXPRESS_KAFKA_SSL_CAFILE") or None)
+
+
+def apply_log_level(level: str | None) -> None:
+    """Set the root logger's level from a name (``DEBUG``, ``INFO``, ...; env ``CALEXPRESS_LOG_LEVEL``)."""
+    if not level:
+        return
+    value = logging.getLevelName(str(level).upper())
+    if not isinstance(value, int):
+        raise SystemExit(f"calexpress serve: unknown log level {level!r} (use DEBUG, INFO, WARNING, ERROR)")
+    logging.getLogger().setLevel(value)
 
 
 def _serve(args: argparse.Namespace) -> int:
     from .service import run_service
 
     settings = settings_from_args(args)
-    log.info("serve %s: %s", args.stage, settings)  # repr excludes the secret
+    apply_log_level(settings.log_level)
+    log.info("serve %s: %s", args.stage, settings)  # repr excludes the secrets
     run_service(settings, max_events=args.max_events)
     return 0
 
@@ -141,6 +157,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--session-timeout-ms", type=int, default=6000, help="Kafka session timeout")
     p.add_argument("--partitions", type=int, default=3, help="partitions of topics created by the service")
     p.add_argument("--max-events", type=int, default=None, help="stop after this many events (testing)")
+    p.add_argument("--log-level", default=_env("CALEXPRESS_LOG_LEVEL", "INFO"),
+                   help="log level (env CALEXPRESS_LOG_LEVEL; default %(default)s). Kafka TLS/SASL: env "
+                        "CALEXPRESS_KAFKA_SECURITY_PROTOCOL, _SASL_MECHANISM, _USERNAME, _PASSWORD")
     p.add_argument("--processor", default=_env("CALEXPRESS_PROCESSOR"),
                    help="module:factory of a custom StageProcessor instead of the built-in stage")
     p.set_defaults(func=_serve)

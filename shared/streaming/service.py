@@ -58,6 +58,7 @@ from ..events import (
     event_key,
     make_event,
 )
+from .kafka_security import KafkaSecurity
 
 __all__ = [
     "STAGES",
@@ -149,7 +150,7 @@ def completion_uri(repo: str, collection: str, stage: str, data_id: dict, instru
 class ServiceSettings:
     """Everything a stage service needs; built by ``calexpress serve`` from flags and environment.
 
-    Secrets (``s3_secret``) are excluded from `repr`.
+    Secrets (``s3_secret``, ``kafka_password``) are excluded from `repr`.
     """
 
     stage: str
@@ -175,6 +176,12 @@ class ServiceSettings:
     config_file: str | None = None
     processor: str | None = None
     client_id: str | None = None
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = "PLAIN"
+    kafka_username: str | None = None
+    kafka_password: str | None = field(default=None, repr=False)
+    kafka_ssl_cafile: str | None = None
+    log_level: str = "INFO"
 
     def __post_init__(self) -> None:
         names = STAGES.get(self.stage)
@@ -188,6 +195,16 @@ class ServiceSettings:
             self.output_topic = topic_name(self.topic_prefix, names[1])
         if self.group_id is None:
             self.group_id = f"{self.topic_prefix}{self.stage}"
+
+    @property
+    def kafka_security(self) -> KafkaSecurity:
+        """The Kafka connection security (TLS / SASL) of these settings."""
+        return KafkaSecurity(self.kafka_security_protocol, self.kafka_sasl_mechanism, self.kafka_username,
+                             self.kafka_password, self.kafka_ssl_cafile)
+
+    def kafka_client_kwargs(self) -> dict[str, Any]:
+        """Security keyword arguments passed to every aiokafka client of the service."""
+        return self.kafka_security.client_kwargs()
 
     @property
     def dlq_topic(self) -> str:
@@ -449,9 +466,11 @@ class StageService:
         from .tansu import _create_topics
 
         s = self.settings
+        security = s.kafka_client_kwargs()
         with contextlib.suppress(Exception):
-            await _create_topics(s.brokers, [s.input_topic, s.output_topic, s.dlq_topic], s.partitions)
-        self._producer = AIOKafkaProducer(bootstrap_servers=s.brokers, acks="all", linger_ms=0,
+            await _create_topics(s.brokers, [s.input_topic, s.output_topic, s.dlq_topic], s.partitions,
+                                 security=security)
+        self._producer = AIOKafkaProducer(bootstrap_servers=s.brokers, acks="all", linger_ms=0, **security,
                                           enable_idempotence=False, request_timeout_ms=15000,
                                           max_request_size=8 * 1024 * 1024,
                                           client_id=s.client_id or f"calexpress-{self.stage}")
@@ -460,7 +479,7 @@ class StageService:
             bootstrap_servers=s.brokers, group_id=s.group_id, enable_auto_commit=False,
             auto_offset_reset="earliest", session_timeout_ms=s.session_timeout_ms,
             heartbeat_interval_ms=s.heartbeat_interval_ms, max_poll_interval_ms=3_600_000,
-            client_id=s.client_id or f"calexpress-{self.stage}")
+            client_id=s.client_id or f"calexpress-{self.stage}", **security)
         await self._consumer.start()
         self._consumer.subscribe([s.input_topic], listener=_RebalanceLogger(self.stage))
         self._kafka_ok = True

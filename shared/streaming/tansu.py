@@ -140,10 +140,14 @@ class TansuBroker:
         self.stop()
 
 
-async def _create_topics(bootstrap: str, names: list[str], partitions: int) -> list[str]:
+async def _create_topics(bootstrap: str, names: list[str], partitions: int,
+                         security: dict | None = None) -> list[str]:
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+    from .kafka_security import kafka_client_kwargs
+
+    security = kafka_client_kwargs() if security is None else security
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000, **security)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
