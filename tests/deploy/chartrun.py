@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from conftest import by_kind
+from deployhelpers import by_kind
 
 CONFIG_MOUNT = "/etc/calexpress"
 SCRATCH_MOUNT = "/tmp"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 from calexpress.streaming.prometheus_server import PrometheusServer
-from conftest import RULES_FILE, load_dashboard
+from deployhelpers import RULES_FILE, load_dashboard
 
 #: Grafana's interval variables, replaced by fixed windows for evaluation outside Grafana.
 GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "15s", "$__range": "1h"}

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import PROMETHEUS_DIR, RULES_FILE, by_kind, render_docs
+from deployhelpers import PROMETHEUS_DIR, RULES_FILE, by_kind, render_docs
 
 REQUIRED_ALERTS = {
     "CalexpressDeadLetters",         # dead letters appearing

@@ -8,8 +8,8 @@ import json
 import jsonschema
 import pytest
 import yaml
-from conftest import ALL_FEATURES, CHART_DIR, by_kind, render_docs
 from crd_schemas import CRD_SCHEMAS
+from deployhelpers import ALL_FEATURES, CHART_DIR, by_kind, render_docs
 
 KUBE_VERSION = "1.30.0"
 SERVICES = ("isr", "characterize", "calibrate")
@@ -269,7 +269,7 @@ def test_stage_config_files_load_into_the_stage_configs(chart, production_values
 def test_chart_app_version_is_the_package_version():
     import tomllib
 
-    from conftest import REPO_ROOT
+    from deployhelpers import REPO_ROOT
 
     chart_meta = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]

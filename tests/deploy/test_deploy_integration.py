@@ -23,7 +23,7 @@ import urllib.request
 
 import pytest
 from chartrun import pod_process_spec
-from conftest import CHART_DIR, render_docs
+from deployhelpers import CHART_DIR, render_docs
 from promcheck import CalexpressPrometheus, dashboard_queries, empty_dashboard_queries, finite_values
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -6,7 +6,7 @@ import re
 
 import pytest
 import yaml
-from conftest import RULES_FILE, load_dashboard
+from deployhelpers import RULES_FILE, load_dashboard
 
 #: Series Prometheus itself makes (not exported by the services).
 PROMETHEUS_SERIES = {"up"}

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import CHART_DIR
+from deployhelpers import CHART_DIR
 
 SCRIPT = CHART_DIR / "files" / "create_topics.py"
 
