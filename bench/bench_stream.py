@@ -42,8 +42,24 @@ def _stage_repo(repo: str, raws: list[str], camera: str = "simcamA", mode: str =
             storage.put_local_file(path, storage.join(repo, "ref_cats", name, os.path.basename(path)))
 
 
-def in_process_times(raws: list[str], tmp: Path, repeat: int) -> list[float]:
-    """Seconds per CCD of ProcessCcdTask.runDataRef on a local repository (single process)."""
+def proc_cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds used so far by the processes ``pids`` (from ``/proc/<pid>/stat``)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
+def in_process_times(raws: list[str], tmp: Path, repeat: int, cpu: list[float] | None = None) -> list[float]:
+    """Seconds per CCD of ProcessCcdTask.runDataRef on a local repository (single process).
+
+    ``cpu`` receives the CPU seconds (user + system, this process) of each CCD.
+    """
     from calexpress.butler import Butler
     from calexpress.pipeline.cmdline import apply_camera_overrides
     from calexpress.pipeline.processCcd import ProcessCcdConfig, ProcessCcdTask
@@ -57,9 +73,11 @@ def in_process_times(raws: list[str], tmp: Path, repeat: int) -> list[float]:
         apply_camera_overrides(config, out.camera)
         task = ProcessCcdTask(butler=out, config=config)
         for did in out.query_data_ids("raw"):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             task.runDataRef(out.dataRef("raw", **did))
             times.append(time.perf_counter() - t0)
+            if cpu is not None:
+                cpu.append(time.process_time() - c0)
     return times
 
 
@@ -81,8 +99,10 @@ def main() -> None:
     raws = sorted(glob.glob(str(SIMCAM / "raw" / "*.fits*")))
     tmp = Path(tempfile.mkdtemp(prefix="bench-stream-"))
     result: dict = {"frames": len(raws), "camera": "simcamA", "cores": os.cpu_count()}
-    inproc = in_process_times(raws, tmp, args.repeat)
+    inproc_cpu: list[float] = []
+    inproc = in_process_times(raws, tmp, args.repeat, inproc_cpu)
     result["inprocess_p50_s"] = round(statistics.median(inproc), 3)
+    result["inprocess_cpu_p50_s"] = round(statistics.median(inproc_cpu), 3)
 
     sw = SeaweedFS(tmp / "seaweedfs", buckets=["calexpress"]).start()
     os.environ.update(sw.env())
@@ -109,6 +129,8 @@ def main() -> None:
         # 1. latency, one CCD at a time
         lat = []
         seen = len(raws)
+        pids = [p.pid for p in procs]
+        cpu0 = proc_cpu_seconds(pids)
         for r in range(args.repeat):
             for ev in raw_events:
                 e = make_event("raw", ev.data_id, ev.uris, stage="publish", checksums=ev.checksums, repo=repo,
@@ -119,6 +141,10 @@ def main() -> None:
                 msgs = collect(broker.bootstrap, prefix + "calexp", n=seen, timeout=600, idle=0)
                 done = [m for m in msgs if decode_event(m.value).trace_id == e.trace_id]
                 lat.append(done[0].timestamp / 1000 - t0)
+        lat_cpu = (proc_cpu_seconds(pids) - cpu0) / len(lat)
+        # CPU-time based (insensitive to other load on a shared machine): service CPU per CCD, all stages
+        result["stream_cpu_per_ccd_s"] = round(lat_cpu, 3)
+        result["stream_cpu_overhead"] = round(lat_cpu / statistics.mean(inproc_cpu) - 1, 3)
         result["stream_p50_s"] = round(statistics.median(lat), 3)
         result["stream_overhead"] = round(result["stream_p50_s"] / result["inprocess_p50_s"] - 1, 3)
         # 2. backlog
@@ -128,11 +154,18 @@ def main() -> None:
             backlog.append(make_event("raw", ev.data_id, ev.uris, stage="publish", checksums=ev.checksums,
                                       repo=repo, instrument=ev.instrument, collection=f"bl{i // len(raws)}"))
         t0 = time.time()
+        cpu0 = proc_cpu_seconds(pids)
         send_events(broker.bootstrap, prefix + "raw", backlog)
         msgs = collect(broker.bootstrap, prefix + "calexp", n=seen + len(backlog), timeout=1800, idle=0)
         last = max(m.timestamp / 1000 for m in msgs if decode_event(m.value).collection.startswith("bl"))
         wall = last - t0
+        backlog_cpu = proc_cpu_seconds(pids) - cpu0
         cores = min(2, os.cpu_count() or 2)
+        # CPU-time based: in-process CPU of the CCDs / CPU the services spent on them (1 = no overhead)
+        ideal_cpu = len(backlog) * statistics.mean(inproc_cpu)
+        result.update(backlog_service_cpu_s=round(backlog_cpu, 2),
+                      backlog_cpu_efficiency=round(ideal_cpu / backlog_cpu, 3),
+                      backlog_core_utilisation=round(backlog_cpu / (wall * cores), 3))
         result.update(backlog_ccds=len(backlog), backlog_wall_s=round(wall, 2),
                       parallel_efficiency=round(len(backlog) * statistics.median(inproc) / (wall * cores), 3),
                       calibrate_replicas=args.calibrate_replicas,

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from conftest import match_to_truth
-from truthframe import read_noise_map
+from truthframe import match_to_truth, read_noise_map
 
 
 def _nearest_grid(truth, x, y):

@@ -7,8 +7,8 @@ import pytest
 from calexpress.characterize.cosmic_rays import FindCosmicRaysConfig, find_cosmic_rays
 from calexpress.mask import DEFAULT_MASK_PLANES
 from calexpress.psf import GaussianPsf
-from conftest import match_to_truth
 from scipy import ndimage
+from truthframe import match_to_truth
 
 
 def test_cr_completeness(char_any):

@@ -14,8 +14,7 @@ import pytest
 from astropy.io import fits
 from calexpress.characterize.psf_determiner import fit_pixel_psf
 from calexpress.psf import PixelPsf, adaptive_moments
-from conftest import characterize_frame, match_to_truth
-from truthframe import FRAMES, read_noise_map
+from truthframe import FRAMES, characterize_frame, match_to_truth, read_noise_map
 
 
 def load_truth_cached(simcam_dir, frame):

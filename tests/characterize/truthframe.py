@@ -14,6 +14,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 from calexpress.exposure import Exposure
+from calexpress.task import ExposureIdInfo, Struct
 
 FRAMES = ["simcamA_0001001_g_det0", "simcamA_0001002_r_det0", "simcamA_0001003_r_det0"]
 
@@ -58,3 +59,31 @@ def make_exposure(truth: dict, seed: int = 1) -> Exposure:
     exp.mask[(tm & 4) != 0] |= sat
     exp.filter = truth["info"]["band"]
     return exp
+
+
+_CACHE: dict[str, Struct] = {}
+
+
+def characterize_frame(simcam_dir: Path, frame: str) -> Struct:
+    """Run CharacterizeImageTask on a truth frame (cached for the session)."""
+    if frame not in _CACHE:
+        from calexpress.characterize import CharacterizeImageTask
+
+        truth = load_truth(simcam_dir, frame)
+        exposure = make_exposure(truth)
+        raw = exposure.image.copy()
+        task = CharacterizeImageTask()
+        res = task.run(exposure, exposureIdInfo=ExposureIdInfo(int(truth["info"]["expid"]), 41))
+        _CACHE[frame] = Struct(
+            truth=truth, raw=raw, result=res, task=task, exposure=res.exposure, catalog=res.sourceCat
+        )
+    return _CACHE[frame]
+
+
+def match_to_truth(catalog, objects, radius: float = 2.0):
+    """Nearest truth object of every source: (index array, distance array)."""
+    from scipy.spatial import cKDTree
+
+    tree = cKDTree(np.c_[objects["x"], objects["y"]])
+    d, i = tree.query(np.c_[catalog["base_SdssCentroid_x"], catalog["base_SdssCentroid_y"]])
+    return i, d

@@ -29,7 +29,7 @@ class ServiceProcs:
         self.seaweed = seaweed
         self.procs: list[subprocess.Popen] = []
 
-    def start(self, stage: str, *, prefix: str, repo: str, group: str | None = None, toy: bool = True,
+    def start(self, stage: str, *, prefix: str, repo: str, group: str | None = None, toy: bool = False,
               env: dict | None = None, extra: list[str] | None = None, name: str | None = None):
         port = free_port()
         cmd = [sys.executable, "-m", "calexpress.streaming.cli", "serve", stage, "--brokers",

@@ -79,7 +79,7 @@ def stream_run(tmp_path_factory, broker, seaweed, simcam_dir, obs_test_repo):
     procs = ServiceProcs(tmp, broker, seaweed)
     try:
         for stage in ("isr", "characterize", "calibrate"):
-            procs.start(stage, prefix=prefix, repo=base, toy=False)
+            procs.start(stage, prefix=prefix, repo=base)
         raws = sorted(glob.glob(str(simcam_dir / "raw" / "*.fits*"))) + sorted(
             glob.glob(str(obs_test_repo / "raw" / "*.fits*")))
         events = publish_raws(raws, broker.bootstrap, prefix + "raw", base)

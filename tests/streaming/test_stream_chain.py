@@ -29,7 +29,7 @@ def chain(tmp_path_factory, broker, seaweed, obs_test_s3):
     procs = ServiceProcs(tmp_path_factory.mktemp("chain"), broker, seaweed)
     try:
         for stage in ("isr", "characterize", "calibrate"):
-            procs.start(stage, prefix=prefix, repo=obs_test_s3, toy=False)
+            procs.start(stage, prefix=prefix, repo=obs_test_s3)
         yield {"prefix": prefix, "repo": obs_test_s3, "procs": procs, "brokers": broker.bootstrap}
     finally:
         procs.stop_all()

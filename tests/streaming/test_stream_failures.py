@@ -16,6 +16,7 @@ import uuid
 from collections import defaultdict
 
 import pytest
+import yaml
 from astropy.io import fits
 from calexpress import storage
 from calexpress.events import decode_event, make_event
@@ -49,17 +50,19 @@ def _assert_complete_objects(prefix: str) -> None:
                 for hdu in hdul:
                     _ = hdu.data  # raises or comes back short on a truncated object
                 assert len(data) % 2880 == 0 or uri.endswith(".gz"), uri
+        elif uri.endswith(".msgpack"):
+            assert decode_event(data).data_id, uri  # completion record
         else:
-            assert decode_event(data).data_id, uri
+            assert uri.endswith("/repositoryCfg.yaml") and yaml.safe_load(data)["_parents"], uri
 
 
 def test_kill9_characterize_mid_ccd_then_restart(services, broker, obs_test_s3, obs_test_raws):
     prefix = unique_prefix()
     repo = obs_test_s3
     coll = f"kill9-{uuid.uuid4().hex[:6]}"
-    services.start("isr", prefix=prefix, repo=repo, toy=False)
-    char = services.start("characterize", prefix=prefix, repo=repo, toy=False)
-    services.start("calibrate", prefix=prefix, repo=repo, toy=False)
+    services.start("isr", prefix=prefix, repo=repo)
+    char = services.start("characterize", prefix=prefix, repo=repo)
+    services.start("calibrate", prefix=prefix, repo=repo)
     events = announce_raws(obs_test_raws, brokers=broker.bootstrap, topic=prefix + "raw", repo=repo,
                            collection=coll)
     # kill -9 while a CCD is being characterized (after one has been finished and committed)
@@ -68,7 +71,7 @@ def test_kill9_characterize_mid_ccd_then_restart(services, broker, obs_test_s3, 
                               outcome="processed") >= 1, 120, 0.02, "characterize busy")
     os.kill(char.pid, signal.SIGKILL)
     char.wait(10)
-    again = services.start("characterize", prefix=prefix, repo=repo, toy=False, name="characterize-restarted")
+    again = services.start("characterize", prefix=prefix, repo=repo, name="characterize-restarted")
     msgs = collect(broker.bootstrap, prefix + "calexp", timeout=180, idle=3.0,
                    until=lambda ms: len({decode_event(m.value).data_id["visit"] for m in ms}) == 3)
     per_ccd = defaultdict(list)
@@ -94,8 +97,8 @@ def test_two_isr_processes_share_partitions_and_take_over(services, broker, obs_
     prefix = unique_prefix()
     repo = obs_test_s3
     tag = uuid.uuid4().hex[:6]
-    a = services.start("isr", prefix=prefix, repo=repo, toy=False, name="isr-a")
-    b = services.start("isr", prefix=prefix, repo=repo, toy=False, name="isr-b")
+    a = services.start("isr", prefix=prefix, repo=repo, name="isr-a")
+    b = services.start("isr", prefix=prefix, repo=repo, name="isr-b")
     time.sleep(4)  # let the second member's join settle (Tansu holds JoinGroup ~session/2)
     # the 3 obs_test CCDs land on partitions 0, 1, 2; a backlog of 12 collections of them
     raws = announce_raws(obs_test_raws, brokers=broker.bootstrap, topic=prefix + "raw", repo=repo,
@@ -142,7 +145,7 @@ def test_sigterm_finishes_current_ccd_and_commits_it(services, broker, raw_files
     prefix = unique_prefix()
     repo = f"s3://calexpress/{prefix.rstrip('.')}"
     slow = {"TOY_SLEEP_ISR": "2.0"}
-    isr = services.start("isr", prefix=prefix, repo=repo, env=slow, name="isr-term")
+    isr = services.start("isr", prefix=prefix, repo=repo, toy=True, env=slow, name="isr-term")
     publish_raws(raw_files[:3], broker.bootstrap, prefix + "raw", repo)
     wait_for(lambda: metric_value(isr.metrics_port, "calexpress_inflight", stage="isr") == 1, 60, 0.05,
              "isr busy")
@@ -150,7 +153,7 @@ def test_sigterm_finishes_current_ccd_and_commits_it(services, broker, raw_files
     assert isr.wait(20) == 0
     finished = collect(broker.bootstrap, prefix + "postisr", timeout=5, idle=0.5, n=1)
     assert 1 <= len(finished) < 3  # the CCD in progress was finished and announced, then the service left
-    again = services.start("isr", prefix=prefix, repo=repo, name="isr-again")
+    again = services.start("isr", prefix=prefix, repo=repo, toy=True, name="isr-again")
     msgs = collect(broker.bootstrap, prefix + "postisr", n=3, timeout=60, idle=1.0)
     assert len(msgs) == 3  # nothing lost, nothing announced twice: the finished CCDs were committed
     assert metric_value(again.metrics_port, "calexpress_events_total", stage="isr", outcome="duplicate") == 0
@@ -159,8 +162,8 @@ def test_sigterm_finishes_current_ccd_and_commits_it(services, broker, raw_files
 def test_sigterm_abandons_a_ccd_that_outlives_the_grace_period(services, broker, raw_files):
     prefix = unique_prefix()
     repo = f"s3://calexpress/{prefix.rstrip('.')}"
-    isr = services.start("isr", prefix=prefix, repo=repo, env={"TOY_SLEEP_ISR": "60"}, name="isr-slow",
-                         extra=["--shutdown-grace", "1"])
+    isr = services.start("isr", prefix=prefix, repo=repo, toy=True, env={"TOY_SLEEP_ISR": "60"},
+                         name="isr-slow", extra=["--shutdown-grace", "1"])
     publish_raws(raw_files[:1], broker.bootstrap, prefix + "raw", repo)
     wait_for(lambda: metric_value(isr.metrics_port, "calexpress_inflight", stage="isr") == 1, 60, 0.05,
              "isr busy")
@@ -170,5 +173,5 @@ def test_sigterm_abandons_a_ccd_that_outlives_the_grace_period(services, broker,
     assert time.monotonic() - t0 < 10  # left after the grace period, not after the 60 s CCD
     assert collect(broker.bootstrap, prefix + "postisr", timeout=3, idle=0.5) == []
     # not committed: the next member gets the CCD again and finishes it
-    services.start("isr", prefix=prefix, repo=repo, name="isr-next")
+    services.start("isr", prefix=prefix, repo=repo, toy=True, name="isr-next")
     assert len(collect(broker.bootstrap, prefix + "postisr", n=1, timeout=60, idle=0.5)) == 1
