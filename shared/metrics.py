@@ -32,6 +32,7 @@ __all__ = [
     "END_TO_END_LATENCY",
     "EVENTS",
     "INFLIGHT",
+    "ASSIGNED_PARTITIONS",
     "LAST_CCD_TIMESTAMP",
     "METRIC_NAMES",
     "OUTCOMES",
@@ -81,6 +82,13 @@ END_TO_END_LATENCY = Histogram(
 INFLIGHT = Gauge(
     "inflight", "CCDs being processed now", ["stage"], namespace="calexpress", registry=REGISTRY
 )
+ASSIGNED_PARTITIONS = Gauge(
+    "assigned_partitions",
+    "Input-topic partitions assigned to this consumer (changes on every rebalance)",
+    ["stage"],
+    namespace="calexpress",
+    registry=REGISTRY,
+)
 CONSUMER_LAG = Gauge(
     "consumer_lag",
     "Messages behind the partition end (high watermark from fetch responses)",
@@ -126,6 +134,7 @@ METRIC_NAMES = (
     "calexpress_events_total",
     "calexpress_end_to_end_latency_seconds",
     "calexpress_inflight",
+    "calexpress_assigned_partitions",
     "calexpress_consumer_lag",
     "calexpress_retries_total",
     "calexpress_dead_letters_total",

@@ -383,10 +383,12 @@ class _RebalanceLogger(ConsumerRebalanceListener):
         self.stage = stage
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
+        metrics.ASSIGNED_PARTITIONS.labels(stage=self.stage).set(0)
         if revoked:
             log.info("%s: partitions revoked: %s", self.stage, sorted(tp.partition for tp in revoked))
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
+        metrics.ASSIGNED_PARTITIONS.labels(stage=self.stage).set(len(assigned))
         log.info("%s: partitions assigned: %s", self.stage, sorted(tp.partition for tp in assigned))
 
 
