@@ -24,6 +24,7 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
+from calexpress.config import apply_overrides
 from calexpress.dataids import DataIdSyntaxError, cast_data_id, expand_id_tokens, format_data_id
 
 __all__ = ["ProcessCcdArgumentParser", "main", "run_command"]
@@ -202,18 +203,11 @@ def apply_camera_overrides(config: Any, camera: Any) -> None:
     ``isr_overrides``, ``charImage_overrides`` and ``calibrate_overrides`` map
     field names inside those sub-configs.
     """
-    pairs: list[tuple[str, Any]] = []
-    for name, value in (getattr(camera, "config_overrides", None) or {}).items():
-        pairs.append((name, value))
+    config_overrides = getattr(camera, "config_overrides", None) or {}
+    apply_overrides(config, [(k, v) for k, v in config_overrides.items()
+                             if k.split(".", 1)[0] not in ("isr", "charImage", "calibrate")])
     for stage in ("isr", "charImage", "calibrate"):
-        for name, value in (getattr(camera, f"{stage}_overrides", None) or {}).items():
-            pairs.append((f"{stage}.{name}", value))
-    for name, value in pairs:
-        *path, field = name.split(".")
-        target = config
-        for part in path:
-            target = getattr(target, part)
-        setattr(target, field, value)
+        apply_overrides(getattr(config, stage), camera.stage_overrides(stage))
 
 
 def build_config(args: argparse.Namespace, camera: Any) -> Any:

@@ -436,6 +436,15 @@ class Camera:
         return cls(config, source=str(path))
 
     # -- detectors ----------------------------------------------------------------------------------
+    def stage_overrides(self, stage: str) -> list[tuple[str, Any]]:
+        """Config overrides of one stage (``isr``, ``charImage``, ``calibrate``), fields relative to it.
+
+        The entries of ``config_overrides`` that start with ``<stage>.``, then ``<stage>_overrides``.
+        """
+        prefix = stage + "."
+        pairs = [(k[len(prefix):], v) for k, v in self.config_overrides.items() if k.startswith(prefix)]
+        return pairs + list((getattr(self, f"{stage}_overrides", None) or {}).items())
+
     def get_detector(self, detector: int | str | Detector | None = None) -> Detector:
         """Return a detector by id or name (the only one when ``None`` and the camera has one)."""
         if isinstance(detector, Detector):

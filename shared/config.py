@@ -6,6 +6,9 @@ building on ``lsst-pex-config`` itself.  Import everything config-related from
 here so that the dependency stays in one place.
 """
 
+from collections.abc import Iterable
+from typing import Any
+
 from lsst.pex.config import (
     ChoiceField,
     Config,
@@ -36,10 +39,35 @@ __all__ = [
     "ListField",
     "RangeField",
     "RegistryField",
+    "apply_overrides",
     "compareConfigs",
     "config_hash",
     "makeRegistry",
 ]
+
+
+def apply_overrides(config: Config, overrides: Iterable[tuple[str, Any]]) -> Config:
+    """Set config fields from ``(dotted name, value)`` pairs, e.g. ``("overscan.fitType", "MEDIAN")``.
+
+    A dict value for a field that is itself a sub-config sets the sub-config's fields;
+    any other value (a dict for a ``DictField`` included) is assigned as it is.
+
+    Returns
+    -------
+    config : `Config`
+        The same object, for chaining.
+    """
+    for name, value in overrides:
+        *path, field = str(name).split(".")
+        target = config
+        for part in path:
+            target = getattr(target, part)
+        current = getattr(target, field)
+        if isinstance(value, dict) and isinstance(current, Config):
+            apply_overrides(current, value.items())
+        else:
+            setattr(target, field, value)
+    return config
 
 
 def config_hash(config: Config) -> str:

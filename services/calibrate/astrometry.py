@@ -244,19 +244,17 @@ class AstrometryTask(Task):
             self.metadata["matcherScale"] = m.scale
             self.metadata["matcherOffsetPix"] = list(m.offset)
             scatter = None
+
+            def fit_matches(i_s, i_r, wcs):
+                return self.wcsFitter.fitWcs(
+                    sx[i_s], sy[i_s], ref_ra[i_r], ref_dec[i_r], wcs, bbox,
+                    sigma=ssig[i_s] if cfg.doWeightedFit else None, priorWcs=wcs0,
+                )
+
             for _ in range(cfg.maxIter):
                 if len(i_s) < cfg.minMatches:
                     raise TaskError(f"astrometry: too few matches ({len(i_s)}, need {cfg.minMatches})")
-                fit = self.wcsFitter.fitWcs(
-                    sx[i_s],
-                    sy[i_s],
-                    ref_ra[i_r],
-                    ref_dec[i_r],
-                    wcs,
-                    bbox,
-                    sigma=ssig[i_s] if cfg.doWeightedFit else None,
-                    priorWcs=wcs0,
-                )
+                fit = fit_matches(i_s, i_r, wcs)
                 wcs = fit.wcs
                 scatter = fit.scatterOnSky
                 # Re-match with the new WCS.
@@ -269,16 +267,7 @@ class AstrometryTask(Task):
                 i_s, i_r, _ = match_xy(np.column_stack([sx, sy]), np.column_stack([px, py]), radius)
                 if float(np.max(d)) * pixscale < cfg.minMatchDistanceArcSec:
                     break
-            fit = self.wcsFitter.fitWcs(
-                sx[i_s],
-                sy[i_s],
-                ref_ra[i_r],
-                ref_dec[i_r],
-                wcs,
-                bbox,
-                sigma=ssig[i_s] if cfg.doWeightedFit else None,
-                priorWcs=wcs0,
-            )
+            fit = fit_matches(i_s, i_r, wcs)
             wcs = fit.wcs
             i_s, i_r = i_s[fit.used], i_r[fit.used]
             scatter = fit.scatterOnSky

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 from calexpress.calibs import CrosstalkCalib, Defects, Linearizer
-from calexpress.config import ChoiceField, ConfigField, DictField, Field, ListField
+from calexpress.config import ChoiceField, ConfigField, DictField, Field, ListField, apply_overrides
 from calexpress.config import Config as _Config
 from calexpress.exposure import Exposure
 from calexpress.photocalib import PhotoCalib
@@ -139,22 +139,11 @@ class IsrTaskConfig(_Config):
 
 
 def apply_camera_overrides(config: IsrTaskConfig, camera) -> IsrTaskConfig:
-    """Apply a camera's ``isr_overrides`` (dotted names allowed, e.g. ``overscan.fitType``) to ``config``.
+    """Apply a camera's ISR overrides (dotted names allowed, e.g. ``overscan.fitType``) to ``config``.
 
     Call it before user overrides, as LSST applies obs-package config files first.
     """
-    for name, value in (getattr(camera, "isr_overrides", None) or {}).items():
-        target = config
-        parts = str(name).split(".")
-        for part in parts[:-1]:
-            target = getattr(target, part)
-        if isinstance(value, dict):
-            sub = getattr(target, parts[-1])
-            for k, v in value.items():
-                setattr(sub, k, v)
-        else:
-            setattr(target, parts[-1], value)
-    return config
+    return apply_overrides(config, camera.stage_overrides("isr"))
 
 
 def _as_array(calib: Any, what: str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, Any]:

@@ -28,7 +28,7 @@ from collections.abc import Hashable
 from typing import Any, ClassVar
 
 from .. import metrics, storage
-from ..config import config_hash
+from ..config import apply_overrides, config_hash
 from ..events import Event
 from .service import PermanentError, StageContext, StageOutput, StageProcessor, object_checksum
 
@@ -94,16 +94,7 @@ class ButlerStageProcessor(StageProcessor):
     def make_config(self, camera: Any) -> Any:
         """Stage config for a camera: defaults, camera overrides, config file, write flags."""
         config = self.task_class.ConfigClass()
-        prefix = self.config_prefix + "."
-        pairs = [(k[len(prefix):], v) for k, v in (getattr(camera, "config_overrides", None) or {}).items()
-                 if k.startswith(prefix)]
-        pairs += list((getattr(camera, f"{self.config_prefix}_overrides", None) or {}).items())
-        for name, value in pairs:
-            *path, field = str(name).split(".")
-            target = config
-            for part in path:
-                target = getattr(target, part)
-            setattr(target, field, value)
+        apply_overrides(config, camera.stage_overrides(self.config_prefix))
         if self.context.settings.config_file:
             config.load(self.context.settings.config_file)
         for flag in self.write_flags:

@@ -148,3 +148,26 @@ def simcam_calibrate_task(refcat_dir: Path, **config):
     loader = LoadIndexedReferenceObjectsTask(ref_cat_dir=str(refcat_dir))
     loader.config.ref_dataset_name = "simcam_refcat"
     return CalibrateTask(config=cfg, astromRefObjLoader=loader, photoRefObjLoader=loader)
+
+
+def isr_simcam_raw(simcam_dir, frame: str):
+    """IsrTask on one simcamA raw with the camera's ISR overrides and the calib/ masters."""
+    from calexpress.calibs import CrosstalkCalib, Defects, Linearizer
+    from calexpress.camera import get_camera
+    from calexpress.exposure import Exposure
+    from calexpress.isr import IsrTask, IsrTaskConfig, apply_camera_overrides
+
+    cam = get_camera("simcamA")
+    raw = cam.read_raw(simcam_dir / "raw" / f"{frame}.fits.fz")
+    task = IsrTask(config=apply_camera_overrides(IsrTaskConfig(), cam))
+    c = simcam_dir / "calib"
+    return task.run(
+        raw,
+        bias=Exposure.read(c / "bias_det0.fits"),
+        dark=Exposure.read(c / "dark_det0.fits"),
+        flat=Exposure.read(c / f"flat_{raw.filter}_det0.fits"),
+        defects=Defects.read(c / "defects_det0.fits"),
+        linearizer=Linearizer.read(c / "linearizer.yaml"),
+        crosstalk=CrosstalkCalib.read(c / "crosstalk.yaml"),
+        camera=cam,
+    ).exposure

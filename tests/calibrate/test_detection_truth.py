@@ -42,43 +42,14 @@ import pytest
 from astropy.io import fits
 from astropy.table import Table
 from calexpress.task import ExposureIdInfo
-from calibrate_truth import FRAMES, simcam_calibrate_task
+from calibrate_truth import FRAMES, isr_simcam_raw, simcam_calibrate_task
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-isr_mod = pytest.importorskip("calexpress.isr.isrTask")
 char_mod = pytest.importorskip("calexpress.characterize.characterizeImage")
 
 MATCH_RADIUS = 1.5  # pixels
 AMPS = ["C00", "C01", "C02", "C03"]  # simcamA: 512-column amplifiers left to right
-
-
-def _isr(simcam_dir, frame):
-    """IsrTask on one simcamA raw with the camera's ISR overrides and the calib/ masters."""
-    from calexpress.calibs import CrosstalkCalib, Defects, Linearizer
-    from calexpress.camera import get_camera
-    from calexpress.exposure import Exposure
-
-    cam = get_camera("simcamA")
-    raw = cam.read_raw(simcam_dir / "raw" / f"{frame}.fits.fz")
-    task = isr_mod.IsrTask()
-    for key, value in cam.isr_overrides.items():
-        *path, field = key.split(".")
-        target = task.config
-        for part in path:
-            target = getattr(target, part)
-        setattr(target, field, value)
-    c = simcam_dir / "calib"
-    return task.run(
-        raw,
-        bias=Exposure.read(c / "bias_det0.fits"),
-        dark=Exposure.read(c / "dark_det0.fits"),
-        flat=Exposure.read(c / f"flat_{raw.filter}_det0.fits"),
-        defects=Defects.read(c / "defects_det0.fits"),
-        linearizer=Linearizer.read(c / "linearizer.yaml"),
-        crosstalk=CrosstalkCalib.read(c / "crosstalk.yaml"),
-        camera=cam,
-    ).exposure
 
 
 def truth_snr_isolated(simcam_dir, frame):
@@ -142,7 +113,7 @@ def chain_results(simcam_dir, simcam_refcat_dir):
     out = {}
     for frame in FRAMES:
         exp_id = ExposureIdInfo(int(frame.split("_")[1]))
-        post = _isr(simcam_dir, frame)
+        post = isr_simcam_raw(simcam_dir, frame)
         char = char_mod.CharacterizeImageTask().run(post, exp_id)
         task = simcam_calibrate_task(simcam_refcat_dir, doApCorr=True)
         task.photoCal.config.apertureToTotal = "catalog"

@@ -9,44 +9,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from calexpress.task import ExposureIdInfo
-from calibrate_truth import FRAMES, grid_offsets_mas, load_frame, simcam_calibrate_task
+from calibrate_truth import FRAMES, grid_offsets_mas, isr_simcam_raw, load_frame, simcam_calibrate_task
 
-isr_mod = pytest.importorskip("calexpress.isr.isrTask")
 char_mod = pytest.importorskip("calexpress.characterize.characterizeImage")
-
-
-def _isr(simcam_dir, frame):
-    from calexpress.calibs import CrosstalkCalib, Defects, Linearizer
-    from calexpress.camera import get_camera
-    from calexpress.exposure import Exposure
-
-    cam = get_camera("simcamA")
-    raw = cam.read_raw(simcam_dir / "raw" / f"{frame}.fits.fz")
-    task = isr_mod.IsrTask()
-    for key, value in cam.isr_overrides.items():
-        *path, field = key.split(".")
-        target = task.config
-        for part in path:
-            target = getattr(target, part)
-        setattr(target, field, value)
-    c = simcam_dir / "calib"
-    return task.run(
-        raw,
-        bias=Exposure.read(c / "bias_det0.fits"),
-        dark=Exposure.read(c / "dark_det0.fits"),
-        flat=Exposure.read(c / f"flat_{raw.filter}_det0.fits"),
-        defects=Defects.read(c / "defects_det0.fits"),
-        linearizer=Linearizer.read(c / "linearizer.yaml"),
-        crosstalk=CrosstalkCalib.read(c / "crosstalk.yaml"),
-        camera=cam,
-    ).exposure
 
 
 @pytest.mark.parametrize("frame", FRAMES)
 def test_raw_to_calexp_against_truth(simcam_dir, simcam_refcat_dir, frame):
     fr = load_frame(simcam_dir, frame)
     exp_id = ExposureIdInfo(int(frame.split("_")[1]))
-    post = _isr(simcam_dir, frame)
+    post = isr_simcam_raw(simcam_dir, frame)
     char = char_mod.CharacterizeImageTask().run(post, exp_id)
     task = simcam_calibrate_task(simcam_refcat_dir, doApCorr=True)
     task.photoCal.config.apertureToTotal = "catalog"
