@@ -3,10 +3,12 @@
 1. Stream overhead: p50 time from a ``raw`` event to its ``calexp`` event, one CCD
    at a time through the three services (Tansu + SeaweedFS on loopback), against
    the p50 of in-process ``ProcessCcdTask.runDataRef`` on the same simcamA frames
-   (local repository).  Target: overhead <= 15 %.
+   (local repository).  Target: overhead <= 15 %.  Also reported: the same in-process run on the
+   S3 repository the stream uses (``stream_overhead_vs_inprocess_s3``), and the CPU of the store
+   (SeaweedFS) and broker (Tansu) per CCD, which share the two cores.
 2. Parallel efficiency: a backlog of ``--backlog`` CCDs (the simcamA frames
    announced into several collections) with all services running:
-   sum of single-core processing times (in-process p50 x CCDs) / (wall x cores).
+   sum of single-core processing times (in-process p50 x CCDs, one BLAS thread) / (wall x cores).
    Target >= 85 %.
 
 Usage: ``python bench/bench_stream.py [--backlog 20] [--calibrate-replicas 1]``.
@@ -55,20 +57,28 @@ def proc_cpu_seconds(pids: list[int]) -> float:
     return total
 
 
-def in_process_times(raws: list[str], tmp: Path, repeat: int, cpu: list[float] | None = None) -> list[float]:
-    """Seconds per CCD of ProcessCcdTask.runDataRef on a local repository (single process).
+def in_process_times(raws: list[str], tmp: Path | str, repeat: int, cpu: list[float] | None = None,
+                     repo: str | None = None) -> list[float]:
+    """Seconds per CCD of ProcessCcdTask.runDataRef (single process).
 
-    ``cpu`` receives the CPU seconds (user + system, this process) of each CCD.
+    On a local repository staged under ``tmp``, or on the already staged repository ``repo``
+    (e.g. on S3) with the outputs in ``<repo>/rerun/inproc<pass>``.  ``cpu`` receives the CPU
+    seconds (user + system, this process) of each CCD.
     """
+    from calexpress import storage
     from calexpress.butler import Butler
     from calexpress.pipeline.cmdline import apply_camera_overrides
     from calexpress.pipeline.processCcd import ProcessCcdConfig, ProcessCcdTask
 
-    repo = tmp / "local-repo"
-    _stage_repo(str(repo), raws, mode="link")
+    if repo is None:
+        repo = str(Path(tmp) / "local-repo")
+        _stage_repo(repo, raws, mode="link")
+        out_root = str(Path(tmp) / "local-out{}")
+    else:
+        out_root = storage.join(repo, "rerun", "inproc{}")
     times = []
     for r in range(repeat):
-        out = Butler.for_output(str(tmp / f"local-out{r}"), str(repo), calib_cache_size=16)
+        out = Butler.for_output(out_root.format(r), repo, calib_cache_size=16)
         config = ProcessCcdConfig()
         apply_camera_overrides(config, out.camera)
         task = ProcessCcdTask(butler=out, config=config)
@@ -92,12 +102,16 @@ def main() -> None:
     from calexpress.streaming.announce import announce_raws, send_events
     from calexpress.streaming.procutil import free_port, stop_process, wait_for
     from calexpress.streaming.seaweedfs import SeaweedFS
+    from calexpress.streaming.service import limit_threads
     from calexpress.streaming.stack import start_service_process
     from calexpress.streaming.tansu import TansuBroker, create_topics
     from streamhelpers import collect, unique_prefix
 
     raws = sorted(glob.glob(str(SIMCAM / "raw" / "*.fits*")))
     tmp = Path(tempfile.mkdtemp(prefix="bench-stream-"))
+    # single-core processing times: one BLAS thread, as in each service (same wall time as the
+    # default thread pool here, without the idle threads' spinning)
+    limit_threads(1)
     result: dict = {"frames": len(raws), "camera": "simcamA", "cores": os.cpu_count()}
     inproc_cpu: list[float] = []
     inproc = in_process_times(raws, tmp, args.repeat, inproc_cpu)
@@ -114,6 +128,15 @@ def main() -> None:
         create_topics(broker.bootstrap, topics + [t + ".dlq" for t in topics[:3]], 3)
         repo = f"s3://calexpress/{prefix.rstrip('.')}"
         _stage_repo(repo, raws)
+        # the same in-process run on the S3 repository: raws read from and outputs written to the store
+        # the stream uses, so the difference to the stream is the streaming itself (hops, intermediates)
+        infra = [sw.process.pid, broker.proc.pid]
+        s3_cpu: list[float] = []
+        cpu0 = proc_cpu_seconds(infra[:1])
+        inproc_s3 = in_process_times(raws, tmp, args.repeat, s3_cpu, repo=repo)
+        result["inprocess_s3_p50_s"] = round(statistics.median(inproc_s3), 3)
+        store_cpu = proc_cpu_seconds(infra[:1]) - cpu0
+        result["inprocess_s3_store_cpu_per_ccd_s"] = round(store_cpu / len(s3_cpu), 3)
         stages = ["isr", "characterize"] + ["calibrate"] * args.calibrate_replicas
         for i, stage in enumerate(stages):
             port = free_port()
@@ -131,6 +154,7 @@ def main() -> None:
         seen = len(raws)
         pids = [p.pid for p in procs]
         cpu0 = proc_cpu_seconds(pids)
+        store0, broker0 = proc_cpu_seconds(infra[:1]), proc_cpu_seconds(infra[1:])
         for r in range(args.repeat):
             for ev in raw_events:
                 e = make_event("raw", ev.data_id, ev.uris, stage="publish", checksums=ev.checksums, repo=repo,
@@ -142,11 +166,15 @@ def main() -> None:
                 done = [m for m in msgs if decode_event(m.value).trace_id == e.trace_id]
                 lat.append(done[0].timestamp / 1000 - t0)
         lat_cpu = (proc_cpu_seconds(pids) - cpu0) / len(lat)
+        result["stream_store_cpu_per_ccd_s"] = round((proc_cpu_seconds(infra[:1]) - store0) / len(lat), 3)
+        result["stream_broker_cpu_per_ccd_s"] = round((proc_cpu_seconds(infra[1:]) - broker0) / len(lat), 3)
         # CPU-time based (insensitive to other load on a shared machine): service CPU per CCD, all stages
         result["stream_cpu_per_ccd_s"] = round(lat_cpu, 3)
         result["stream_cpu_overhead"] = round(lat_cpu / statistics.mean(inproc_cpu) - 1, 3)
         result["stream_p50_s"] = round(statistics.median(lat), 3)
         result["stream_overhead"] = round(result["stream_p50_s"] / result["inprocess_p50_s"] - 1, 3)
+        result["stream_overhead_vs_inprocess_s3"] = round(
+            result["stream_p50_s"] / result["inprocess_s3_p50_s"] - 1, 3)
         # 2. backlog
         backlog = []
         for i in range(args.backlog):
@@ -155,17 +183,22 @@ def main() -> None:
                                       repo=repo, instrument=ev.instrument, collection=f"bl{i // len(raws)}"))
         t0 = time.time()
         cpu0 = proc_cpu_seconds(pids)
+        infra0 = proc_cpu_seconds(infra)
         send_events(broker.bootstrap, prefix + "raw", backlog)
         msgs = collect(broker.bootstrap, prefix + "calexp", n=seen + len(backlog), timeout=1800, idle=0)
         last = max(m.timestamp / 1000 for m in msgs if decode_event(m.value).collection.startswith("bl"))
         wall = last - t0
         backlog_cpu = proc_cpu_seconds(pids) - cpu0
+        infra_cpu = proc_cpu_seconds(infra) - infra0
         cores = min(2, os.cpu_count() or 2)
         # CPU-time based: in-process CPU of the CCDs / CPU the services spent on them (1 = no overhead)
         ideal_cpu = len(backlog) * statistics.mean(inproc_cpu)
         result.update(backlog_service_cpu_s=round(backlog_cpu, 2),
                       backlog_cpu_efficiency=round(ideal_cpu / backlog_cpu, 3),
-                      backlog_core_utilisation=round(backlog_cpu / (wall * cores), 3))
+                      backlog_core_utilisation=round(backlog_cpu / (wall * cores), 3),
+                      backlog_store_and_broker_cpu_s=round(infra_cpu, 2),
+                      # services + SeaweedFS + Tansu: near 1 means the cores are saturated
+                      backlog_core_utilisation_all=round((backlog_cpu + infra_cpu) / (wall * cores), 3))
         result.update(backlog_ccds=len(backlog), backlog_wall_s=round(wall, 2),
                       parallel_efficiency=round(len(backlog) * statistics.median(inproc) / (wall * cores), 3),
                       calibrate_replicas=args.calibrate_replicas,

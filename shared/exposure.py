@@ -3,6 +3,8 @@
 File format (multi-extension FITS, see ``docs/formats.md``): primary header = metadata + VisitInfo keys +
 ``FILTER`` + ``PHOTCALIB``/``PHOTCERR`` + ``DETNAME``/``DETECTOR``; extensions ``IMAGE`` (with the WCS),
 ``MASK`` (``MP_<PLANE>`` = bit), ``VARIANCE``, and optionally ``PSF_DATA`` (PSFEx format) and ``AP_CORR``.
+The int32 ``MASK`` plane is losslessly ``RICE_1`` tile-compressed by default (mostly zeros: 33.5 MB -> about
+2 MB for a 2k x 4k CCD, for 0.07 s); every FITS reader (astropy, cfitsio, afw, ds9) decompresses it.
 """
 
 from __future__ import annotations
@@ -177,8 +179,12 @@ class Exposure:
 
     # ------------------------------------------------------------------------------------------------
     # FITS
-    def to_hdulist(self, compress: bool = False) -> fits.HDUList:
-        """Multi-extension FITS representation (see module docstring)."""
+    def to_hdulist(self, compress: bool = False, compress_mask: bool = True) -> fits.HDUList:
+        """Multi-extension FITS representation (see module docstring).
+
+        ``compress``: lossless ``GZIP_2`` of the three planes; otherwise ``compress_mask`` (default)
+        RICE-compresses the mask plane alone.
+        """
         primary = fits.PrimaryHDU(header=fitsio.clean_header(self.metadata, drop=_OWNED_PRIMARY_KEYS))
         ph = primary.header
         ph["CXFORMAT"] = (_FORMAT_VERSION, "calexpress exposure format version")
@@ -216,7 +222,7 @@ class Exposure:
         hdus = [
             primary,
             fitsio.image_hdu(self.image, img_header, "IMAGE", compress),
-            fitsio.image_hdu(self.mask, mask_header, "MASK", compress),
+            fitsio.image_hdu(self.mask, mask_header, "MASK", compress or ("RICE_1" if compress_mask else 0)),
             fitsio.image_hdu(self.variance, var_header, "VARIANCE", compress),
         ]
         if self.psf is not None:
@@ -326,13 +332,14 @@ class Exposure:
         hdul = fitsio.open_fits(path_or_fileobj)
         return cls.from_hdulist(hdul, path_or_fileobj)
 
-    def write(self, path_or_fileobj: Any, compress: bool = False) -> None:
+    def write(self, path_or_fileobj: Any, compress: bool = False, compress_mask: bool = True) -> None:
         """Write the exposure; ``compress`` = lossless GZIP_2 tile compression of the three planes.
 
-        A path ending in ``.fz`` is always tile-compressed; one ending in ``.gz`` is gzipped.
+        A path ending in ``.fz`` is always tile-compressed; one ending in ``.gz`` is gzipped.  Otherwise
+        the mask plane alone is RICE-compressed unless ``compress_mask`` is False.
         """
         name = os.fspath(path_or_fileobj) if isinstance(path_or_fileobj, (str, os.PathLike)) else ""
         if name.endswith(".fz"):
             compress = True
-        fitsio.write_hdulist(self.to_hdulist(compress=compress), path_or_fileobj)
+        fitsio.write_hdulist(self.to_hdulist(compress=compress, compress_mask=compress_mask), path_or_fileobj)
 

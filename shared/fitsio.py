@@ -214,15 +214,20 @@ def get_hdu(hdul: fits.HDUList, extname: str, source: Any = "<hdulist>", require
 
 
 def image_hdu(
-    data: np.ndarray, header: fits.Header | None, name: str, compress: bool = False
+    data: np.ndarray, header: fits.Header | None, name: str, compress: bool | str = False
 ) -> fits.ImageHDU | fits.CompImageHDU:
-    """Image extension, optionally losslessly tile-compressed (``GZIP_2``, no quantisation).
+    """Image extension, optionally losslessly tile-compressed.
 
-    Floating-point planes keep every bit (``quantize_level=0``).
+    ``compress`` is False (plain), True (``GZIP_2``) or a tile-compression name (``RICE_1`` for integer
+    planes).  Floating-point planes keep every bit (``quantize_level=0``).
     """
     if compress:
+        if compress is True:
+            compress = "GZIP_2"
+        if compress == "RICE_1" and data.dtype.kind not in "iu":
+            raise ValueError(f"{name}: RICE_1 is lossless only for integer planes, not {data.dtype}")
         return fits.CompImageHDU(
-            data=data, header=header, name=name, compression_type="GZIP_2", quantize_level=0.0,
+            data=data, header=header, name=name, compression_type=compress, quantize_level=0.0,
         )
     return fits.ImageHDU(data=data, header=header, name=name)
 

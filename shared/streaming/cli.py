@@ -63,7 +63,8 @@ def settings_from_args(args: argparse.Namespace):
         metrics_host=args.metrics_host, metrics_port=args.metrics_port, max_attempts=args.max_attempts,
         shutdown_grace=args.shutdown_grace, partitions=args.partitions, config_file=args.config_file,
         processor=args.processor, session_timeout_ms=args.session_timeout_ms,
-        backoff_initial=args.backoff_initial, log_level=args.log_level,
+        backoff_initial=args.backoff_initial, log_level=args.log_level, threads=args.threads,
+        fetch_max_wait_ms=args.fetch_max_wait_ms,
         kafka_security_protocol=_env("CALEXPRESS_KAFKA_SECURITY_PROTOCOL") or "PLAINTEXT",
         kafka_sasl_mechanism=_env("CALEXPRESS_KAFKA_SASL_MECHANISM") or "PLAIN",
         kafka_username=_env("CALEXPRESS_KAFKA_USERNAME") or None,
@@ -157,6 +158,11 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--session-timeout-ms", type=int, default=6000, help="Kafka session timeout")
     p.add_argument("--partitions", type=int, default=3, help="partitions of topics created by the service")
     p.add_argument("--max-events", type=int, default=None, help="stop after this many events (testing)")
+    p.add_argument("--threads", type=int, default=int(_env("CALEXPRESS_THREADS", "1")),
+                   help="BLAS/OpenMP threads of the stage code; 0 = one per core (env CALEXPRESS_THREADS; "
+                        "default %(default)s: the services of a node share its cores)")
+    p.add_argument("--fetch-max-wait-ms", type=int, default=50,
+                   help="longest broker wait of an empty fetch, ms (default %(default)s)")
     p.add_argument("--log-level", default=_env("CALEXPRESS_LOG_LEVEL", "INFO"),
                    help="log level (env CALEXPRESS_LOG_LEVEL; default %(default)s). Kafka TLS/SASL: env "
                         "CALEXPRESS_KAFKA_SECURITY_PROTOCOL, _SASL_MECHANISM, _USERNAME, _PASSWORD")

@@ -122,6 +122,12 @@ def test_round_trip_bit_for_bit(tmp_path, suffix, compress):
             for name in ("IMAGE", "MASK", "VARIANCE"):
                 assert hdul[name].header["ZCMPTYPE"] == "GZIP_2"
                 assert "ZQUANTIZ" not in hdul[name].header or hdul[name].header["ZQUANTIZ"] == "NONE"
+    elif suffix == ".fits":
+        # default: the int32 mask alone is RICE-compressed (lossless), image and variance stay plain
+        with fits.open(path, disable_image_compression=True) as hdul:
+            assert hdul["MASK"].header["ZCMPTYPE"] == "RICE_1"
+            assert not isinstance(hdul["IMAGE"], fits.CompImageHDU)
+            assert hdul["IMAGE"].header["BITPIX"] == -32
     back = Exposure.read(str(path))
     _check_same(exp, back)
     # and again through a file object
