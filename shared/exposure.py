@@ -219,10 +219,11 @@ class Exposure:
         var_header = fits.Header()
         var_header["EXTTYPE"] = ("VARIANCE", "variance plane")
 
+        mask_compression = compress or ("RICE_1" if compress_mask else False)
         hdus = [
             primary,
             fitsio.image_hdu(self.image, img_header, "IMAGE", compress),
-            fitsio.image_hdu(self.mask, mask_header, "MASK", compress or ("RICE_1" if compress_mask else 0)),
+            fitsio.image_hdu(self.mask, mask_header, "MASK", mask_compression),
             fitsio.image_hdu(self.variance, var_header, "VARIANCE", compress),
         ]
         if self.psf is not None:

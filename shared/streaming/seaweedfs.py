@@ -97,8 +97,6 @@ class SeaweedFS:
         Seconds to wait for S3 to answer.
     weed
         Path of the ``weed`` binary (default `find_weed`).
-    extra_args
-        More ``weed mini`` options (e.g. ``-s3.cacheCapacityMB=0``); they come last and so win.
     """
 
     def __init__(
@@ -110,7 +108,6 @@ class SeaweedFS:
         secret_key: str | None = None,
         start_timeout: float = 30.0,
         weed: str | None = None,
-        extra_args: Iterable[str] = (),
     ) -> None:
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir) if data_dir is not None else None
@@ -119,7 +116,6 @@ class SeaweedFS:
         self.secret_key = secret_key or secrets.token_hex(16)
         self.start_timeout = start_timeout
         self.weed = weed
-        self.extra_args = list(extra_args)
         self.process: subprocess.Popen | None = None
         self.ports: dict[str, int] = {}
         self._log_file: Any = None
@@ -189,7 +185,6 @@ class SeaweedFS:
             f"-s3.port={self.ports['s3']}",
             f"-admin.port={self.ports['admin']}",
             "-master.volumeSizeLimitMB=256",
-            *self.extra_args,
         ]
         self._log_file = open(self.log_path, "ab")
         log.info("starting SeaweedFS S3 on %s (data %s)", self.endpoint_url, self.data_dir)
