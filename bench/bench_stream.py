@@ -20,6 +20,7 @@ import argparse
 import glob
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -216,6 +217,7 @@ def main() -> None:
             stop_process(p, 15)
         broker.stop()
         sw.stop()
+        shutil.rmtree(tmp, ignore_errors=True)  # several GB of repositories and store data
     print(json.dumps(result))
 
 
